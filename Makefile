@@ -1,0 +1,64 @@
+# avatar-operator: the commands the README gives. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv binaries stack-up stack-down stack-status crd unit integration test typecheck clean
+
+help:
+	@echo "make venv          virtualenv in .venv with the project and its test tools"
+	@echo "make binaries      find or build kube-apiserver, etcd, kwok, livekit-server, helm, kubeconform"
+	@echo "make stack-up      start the local stack (writes .stack/kubeconfig and .stack/env)"
+	@echo "make stack-down    stop it; no process is left"
+	@echo "make crd           regenerate crds/ from the models"
+	@echo "make test          venv + stack-up + unit, integration and e2e tests + stack-down"
+	@echo "make typecheck     mypy --strict"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+binaries:
+	bash hack/build-binaries.sh .stack/bin
+
+stack-up:
+	$(PYTHON) hack/stack.py up
+
+stack-down:
+	$(PYTHON) hack/stack.py down
+
+stack-status:
+	$(PYTHON) hack/stack.py status
+
+crd: $(STAMP)
+	$(PY) -m avatar_operator.crd --write
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+integration: $(STAMP)
+	AVATAR_REQUIRE_STACK=1 $(PY) -m pytest tests/integration tests/e2e -q $(PYTEST_ARGS)
+
+typecheck: $(STAMP)
+	$(PY) -m mypy operator/avatar_operator runner/avatar_runner
+
+# The whole suite on the real stack. The stack is torn down afterwards even
+# when a test fails (KEEP_STACK=1 keeps it for debugging).
+test: $(STAMP)
+	@status=0; \
+	$(MAKE) --no-print-directory stack-up || status=$$?; \
+	if [ $$status -eq 0 ]; then \
+	  AVATAR_REQUIRE_STACK=1 $(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS) || status=$$?; \
+	fi; \
+	if [ "$${KEEP_STACK:-0}" != 1 ]; then $(MAKE) --no-print-directory stack-down; fi; \
+	exit $$status
+
+clean: stack-down
+	rm -rf .stack
