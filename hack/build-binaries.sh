@@ -191,6 +191,22 @@ done
 if p="$(found etcd)"; then link etcd "$p"; else build_etcd; link etcd "$cache/bin/etcd-$ETCD_VERSION/etcd"; fi
 if p="$(found livekit-server)"; then link livekit-server "$p"; else build_livekit; link livekit-server "$cache/bin/livekit-$LIVEKIT_SERVER_VERSION/livekit-server"; fi
 if p="$(found kwok)"; then link kwok "$p"; else go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"; link kwok "$cache/bin/kwok-$KWOK_VERSION/kwok"; fi
+# kwok needs Stage objects to act on nodes and pods; its release's own "fast"
+# stages come from the same module (the Go module proxy), whatever binary is used.
+kwok_stages() {
+  local out="$dest/kwok-stages.yaml" dir
+  [[ -s "$out" ]] && grep -q "kwok $KWOK_VERSION" "$out" && return 0
+  dir="$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+  [[ -d "$dir" ]] || die "cannot download sigs.k8s.io/kwok@$KWOK_VERSION for its stages"
+  {
+    echo "# kwok $KWOK_VERSION stages: node-initialize, node-heartbeat, pod-ready, pod-complete, pod-delete"
+    for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+      echo "---"; cat "$dir/kustomize/stage/$f"
+    done
+  } >"$out"
+  say "kwok stages -> $out"
+}
+kwok_stages
 if [[ "${STACK_SKIP_CHART_TOOLS:-0}" != 1 ]]; then
   if p="$(found helm)"; then link helm "$p"; else go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"; link helm "$cache/bin/helm-$HELM_VERSION/helm"; fi
   if p="$(found kubeconform)"; then link kubeconform "$p"; else go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"; link kubeconform "$cache/bin/kubeconform-$KUBECONFORM_VERSION/kubeconform"; fi

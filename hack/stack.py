@@ -265,7 +265,7 @@ def start_controllers(st: dict[str, int]) -> None:
         ])
     if not running("kwok"):
         start("kwok", [
-            str(BIN / "kwok"), "--kubeconfig", kc,
+            str(BIN / "kwok"), "--kubeconfig", kc, "--config", str(BIN / "kwok-stages.yaml"),
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--node-ip", "127.0.0.1", "--cidr", "10.244.0.0/16",
@@ -286,8 +286,7 @@ def node_manifest(name: str, gpus: int) -> dict[str, object]:
         "metadata": {"name": name, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"}},
         "spec": {},
         # Nodes may carry status on create; kwok keeps it and marks them Ready.
-        "status": {"capacity": capacity, "allocatable": capacity,
-                   "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"}},
+        "status": {"capacity": capacity, "allocatable": capacity},
     }
 
 
@@ -301,6 +300,10 @@ def setup_cluster() -> None:
         return len(ready) >= len(NODES)
 
     wait_for("kwok nodes Ready", nodes_ready, 60, log="kwok")
+    # Admission taints new nodes not-ready; the node lifecycle controller, which
+    # would lift it, is off (kwok's nodes have no kubelet to watch), so lift it here.
+    for n, _ in NODES:
+        kubectl("taint", "nodes", n, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
     for ns in (SESSIONS_NAMESPACE, OPERATOR_NAMESPACE):
         kubectl("create", "namespace", ns, check=False)
         kubectl("label", "--overwrite", "namespace", ns,
@@ -362,7 +365,7 @@ def load_state() -> dict[str, int | str]:
 def up() -> None:
     t0 = time.monotonic()
     STACK.mkdir(parents=True, exist_ok=True)
-    if not (BIN / "kube-apiserver").exists() or os.environ.get("STACK_REBUILD") == "1" or not all((BIN / b).exists() for b in ("etcd", "kwok", "livekit-server", "kubectl")):
+    if not (BIN / "kube-apiserver").exists() or os.environ.get("STACK_REBUILD") == "1" or not all((BIN / b).exists() for b in ("etcd", "kwok", "kwok-stages.yaml", "livekit-server", "kubectl")):
         say("finding or building binaries (hack/build-binaries.sh)")
         subprocess.run(["bash", str(ROOT / "hack" / "build-binaries.sh"), str(BIN)], check=True)
     for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "livekit-server"):
