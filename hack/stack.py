@@ -254,7 +254,7 @@ def start_controllers(st: dict[str, int]) -> None:
             "--service-account-private-key-file", str(PKI / "sa.key"), "--root-ca-file", str(PKI / "ca.crt"),
             "--use-service-account-credentials=false",
             # Nodes are kwok's fake ones: no cloud, no node IPAM, no lifecycle evictions needed.
-            "--controllers", "*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-persistentvolume-binder,-attachdetach",
+            "--controllers", "*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-attachdetach",
             "--kube-api-qps", "200", "--kube-api-burst", "400", "--v", "1",
         ])
     if not running("kube-scheduler"):

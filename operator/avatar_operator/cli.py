@@ -1,0 +1,148 @@
+"""The `avatar-operator` command: `run`, `crd` and `validate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TextIO
+
+import yaml
+
+from avatar_operator import crd, rules, spec
+
+
+class _KubectlLoader(yaml.SafeLoader):
+    """YAML as kubectl reads it: a timestamp-looking scalar stays a string."""
+
+
+_KubectlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+class InputError(Exception):
+    """A file that can't be read as YAML; its message is one line."""
+
+
+def _documents(name: str, stream: TextIO) -> list[Any]:
+    try:
+        return list(yaml.load_all(stream, Loader=_KubectlLoader))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise InputError(f"{name}: invalid YAML: {e.problem or e.context}{where}") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise InputError(f"{name}: invalid YAML: {' '.join(str(e).split())}") from e
+
+
+def _objects(docs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    """(document number, object) for every object, `kind: List` items included."""
+    for number, doc in enumerate(docs, start=1):
+        if isinstance(doc, Mapping) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            for item in doc["items"]:
+                yield number, item
+        elif doc is not None:
+            yield number, doc
+
+
+def _is_avatar_session(obj: Mapping[str, Any]) -> bool:
+    api_version = obj.get("apiVersion")
+    return obj.get("kind") == spec.KIND and isinstance(api_version, str) and api_version.startswith(f"{spec.GROUP}/")
+
+
+def _label(obj: Mapping[str, Any], number: int) -> str:
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    name = meta.get("name") or (f"{meta['generateName']}*" if meta.get("generateName") else f"(document {number})")
+    namespace = meta.get("namespace")
+    return f"{spec.KIND} {namespace}/{name}" if namespace else f"{spec.KIND} {name}"
+
+
+def _problems(obj: Mapping[str, Any]) -> list[rules.Problem]:
+    problems = []
+    if obj.get("apiVersion") != f"{spec.GROUP}/{spec.VERSION}":
+        problems.append(rules.Problem("apiVersion", f"{obj.get('apiVersion')} is not served: use {spec.GROUP}/{spec.VERSION}"))
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or not (meta.get("name") or meta.get("generateName")):
+        problems.append(rules.Problem("metadata.name", "required field is missing"))
+    return problems + rules.validate(obj)
+
+
+def validate_files(paths: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """Checks every AvatarSession in `paths` ("-" is stdin); prints one line per problem."""
+    checked = invalid = 0
+    failed = False
+    for path in paths:
+        name = "<stdin>" if path == "-" else path
+        try:
+            if path == "-":
+                docs = _documents(name, sys.stdin)
+            else:
+                with open(path, encoding="utf-8") as f:
+                    docs = _documents(name, f)
+        except OSError as e:
+            print(f"{name}: cannot read: {e.strerror}", file=out)
+            failed = True
+            continue
+        except InputError as e:
+            print(e, file=out)
+            failed = True
+            continue
+        for number, obj in _objects(docs):
+            if not isinstance(obj, Mapping):
+                print(f"{name}: document {number}: not a Kubernetes object", file=out)
+                failed = True
+                continue
+            if not _is_avatar_session(obj):
+                continue
+            checked += 1
+            try:
+                problems = _problems(obj)
+            except RecursionError:  # a YAML alias that contains itself
+                problems = [rules.Problem("spec", "nested too deeply (a self-referencing YAML alias?)")]
+            invalid += bool(problems)
+            for problem in problems:
+                print(f"{name}: {_label(obj, number)}: {problem}", file=out)
+    print(f"{checked} {spec.KIND}(s) checked, {invalid} invalid", file=err)
+    return 1 if failed or invalid else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avatar-operator", description="Talking-avatar sessions for LiveKit rooms.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator")
+    run.add_argument("--namespace", "-n", action="append", help="watch this namespace (repeatable)")
+    run.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    run.add_argument("--standalone", action="store_true", help="no peering: assume no other operator instance runs")
+    run.add_argument("--peering", help="the peering object's name (default: avatar-operator)")
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL (default: %(default)s)")
+    run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
+    run.add_argument("--log-format", choices=("plain", "json"), default="plain", help="log line format")
+    run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+    commands.add_parser("crd", help="print the AvatarSession CustomResourceDefinition")
+
+    validate = commands.add_parser(
+        "validate",
+        help="check AvatarSession manifests offline",
+        description="Checks the AvatarSessions in YAML files against the CRD's rules, without a cluster. "
+        "Other objects are skipped. Exit status 0 when all are valid, else 1, with one line per problem.",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE", help="a YAML file, or - for stdin")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "crd":
+        sys.stdout.write(crd.render_crd_yaml())
+        return 0
+    if args.command == "validate":
+        return validate_files(args.files, sys.stdout, sys.stderr)
+    # Imported here: kopf and the handlers load only for the operator itself.
+    from avatar_operator import run as run_mod
+
+    return run_mod.main(args)

@@ -1,0 +1,469 @@
+"""The request that asks bitHuman's cloud for an avatar, and its sender.
+
+`build_request` is pure: it shapes the request exactly as
+`livekit-plugins-bithuman` 1.8.10 does (`_start_cloud_agent`,
+`_send_json_request`, `_send_formdata_request`), so a session started by the
+operator looks to bitHuman like one started by the plugin. Where the operator
+differs, it is on purpose:
+
+- every request carries an `Idempotency-Key`, so a retry after a lost answer
+  cannot start a second avatar;
+- an image from a ConfigMap/Secret (the plugin's PIL path) is flattened to RGB
+  before the JPEG re-encode, where the plugin raises on RGBA or palette images;
+- `send` retries only what can succeed on a retry (design.md §3), bounds the
+  whole attempt in time, does not follow redirects, and builds the form body
+  afresh for each attempt (the plugin re-sends one FormData object, whose
+  parts aiohttp consumes when it encodes them).
+
+Nothing here logs or returns request headers or bodies: they hold the bitHuman
+credential and the avatar's LiveKit token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime
+import email.utils
+import enum
+import io
+import logging
+import math
+import re
+import types
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlparse
+
+import aiohttp
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+# The plugin's `_is_default_api_url` list: these hosts are bitHuman's own API.
+DEFAULT_API_HOSTS = ("auth.api.bithuman.ai", "api.bithuman.ai")
+
+# The plugin's sock_connect-only timeout leaves reading the answer unbounded,
+# so a server that accepts the connection and never answers would hold the
+# handler forever. A total bound of a few connect timeouts keeps the plugin's
+# meaning for `connection.timeout` and still ends a hung attempt.
+TOTAL_TIMEOUT_FACTOR = 3.0
+# A Retry-After beyond this is not waited for: the session would sit in
+# Starting for longer than a user watching `kubectl get avs` expects.
+RETRY_AFTER_CAP_S = 60.0
+# How much of a refusal's body reaches the status condition and Events.
+MESSAGE_LIMIT = 300
+# How much of any answer is read: the useful part is short and the server is
+# not trusted to bound it.
+_READ_LIMIT = 64 * 1024
+
+_FILE_FIELD = "avatar_image"
+_JPEG_QUALITY = 95  # the plugin's re-encode quality
+_BASE64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+_REDACTED = "[redacted]"
+# Headers and fields whose values are credentials, kept out of every message.
+_SECRET_HEADERS = ("api-secret", "Authorization")
+_SECRET_FIELDS = ("livekit_token",)
+
+
+class RequestFormat(enum.StrEnum):
+    JSON = "json"
+    # The plugin's "multipart" request is an aiohttp FormData, which goes out as
+    # multipart/form-data when it carries a file and urlencoded otherwise.
+    FORM = "form"
+
+
+class CloudRequestError(ValueError):
+    """The inputs cannot make a valid request; retrying cannot help."""
+
+
+class MissingInputError(CloudRequestError):
+    """A required input is empty; `what` names it."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what} is required: {why}")
+        self.what = what
+
+
+class InvalidImageError(CloudRequestError):
+    """The avatar image is neither a URL, strict base64, nor a readable image."""
+
+
+@dataclass(frozen=True)
+class FormFile:
+    data: bytes = field(repr=False)
+    filename: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class CloudRequest:
+    """One POST to bitHuman. Credentials stay out of repr()."""
+
+    url: str
+    format: RequestFormat
+    headers: Mapping[str, str] = field(repr=False)
+    json: Mapping[str, str] | None = field(default=None, repr=False)
+    form: Mapping[str, str] | None = field(default=None, repr=False)
+    file: FormFile | None = field(default=None, repr=False)
+
+    def sensitive_values(self) -> tuple[str, ...]:
+        """The credential values this request carries, to redact from any text."""
+        values = [v for k, v in self.headers.items() if k in _SECRET_HEADERS]
+        for fields in (self.json, self.form):
+            values += [v for k, v in (fields or {}).items() if k in _SECRET_FIELDS]
+        bearer = "Bearer "
+        # The bare token of a Bearer header is as secret as the whole header.
+        values += [v[len(bearer) :] for v in values if v.startswith(bearer)]
+        # Longest first, so a value containing another is replaced whole.
+        return tuple(sorted({v for v in values if v}, key=len, reverse=True))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The spec's `connection` (the plugin's APIConnectOptions)."""
+
+    max_retry: int  # total attempts, as the plugin's range(max_retry)
+    retry_interval: float
+    timeout: float
+
+    def __post_init__(self) -> None:
+        if self.max_retry < 1:
+            raise ValueError(f"max_retry must be >= 1, got {self.max_retry}")
+        if self.retry_interval < 0:
+            raise ValueError(f"retry_interval must be >= 0, got {self.retry_interval}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    status: int
+    body: bytes = field(repr=False)  # the 2xx answer, at most _READ_LIMIT bytes
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A 4xx (other than 429) or 3xx: the server refused; retrying cannot help."""
+
+    status: int
+    message: str
+
+
+@dataclass(frozen=True)
+class RetriesExhausted:
+    message: str  # the last attempt's error
+
+
+Outcome = Accepted | Rejected | RetriesExhausted
+
+
+@dataclass(frozen=True)
+class CloudResult:
+    outcome: Outcome
+    attempts: int
+    status: int | None  # the last HTTP status, None when no answer came
+
+
+def is_default_api_url(url: str) -> bool:
+    """The plugin's `_is_default_api_url`: bitHuman's own API, by hostname."""
+    try:
+        hostname = urlparse(url).hostname
+    except ValueError:
+        # The plugin falls back to substring matching when parsing fails.
+        return any(host in url for host in DEFAULT_API_HOSTS)
+    return hostname is not None and hostname in DEFAULT_API_HOSTS
+
+
+def async_flag(url: str) -> bool | None:
+    """The plugin's `_parse_async_parameter_from_url`: `async=true|false`, else None."""
+    try:
+        values = parse_qs(urlparse(url).query).get("async")
+    except ValueError:
+        return None
+    if not values:
+        return None
+    return {"true": True, "false": False}.get(values[0].lower())
+
+
+def is_expression_model(model: str | None) -> bool:
+    """The plugin's `_is_expression_model`: `expression` and `expression-2` alike."""
+    return model is not None and model.startswith("expression")
+
+
+def request_format(
+    api_url: str, model: str | None, *, default_api: bool | None = None
+) -> RequestFormat:
+    """The plugin's `_start_cloud_agent` choice.
+
+    A custom endpoint gets a form only for the expression family (the
+    self-hosted GPU worker's format); every other request is JSON, to bitHuman's
+    API or a custom one alike. Earlier plugin versions sent every custom
+    endpoint a form; 1.8.10 narrowed it, and the operator follows the plugin.
+
+    `default_api` None decides by hostname, as the plugin does. The operator
+    passes True for its configured default API URL, which may point at a
+    bitHuman staging host or a test double and is still bitHuman's API.
+    """
+    if default_api is None:
+        default_api = is_default_api_url(api_url)
+    if not default_api and is_expression_model(model):
+        return RequestFormat.FORM
+    return RequestFormat.JSON
+
+
+def build_request(
+    *,
+    api_url: str,
+    api_secret: str | None,
+    api_token: str | None,
+    livekit_url: str,
+    livekit_token: str,
+    room: str,
+    model: str | None,
+    avatar_id: str | None,
+    avatar_image: str | None,
+    avatar_image_bytes: bytes | None,
+    idempotency_key: str,
+    default_api: bool | None = None,
+) -> CloudRequest:
+    """The session request, shaped as the plugin shapes it.
+
+    `avatar_image` is the spec's string (an http(s) URL or base64 data);
+    `avatar_image_bytes` is an image read from a ConfigMap or Secret, sent as
+    the plugin sends a PIL image: re-encoded as JPEG. `api_secret` is whatever
+    bitHuman should authenticate, a minted runtime token for the default API.
+    `default_api` is as in `request_format`.
+    """
+    parsed = urlparse(api_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise CloudRequestError("bithuman.apiUrl must be an http:// or https:// URL")
+    joining = "the cloud worker cannot join the room without it"
+    for what, value, why in (
+        ("livekit.url", livekit_url, joining),
+        ("the avatar's LiveKit token", livekit_token, joining),
+        ("room", room, joining),
+        ("idempotency key", idempotency_key, "a retry could start a second avatar"),
+    ):
+        if not value:
+            raise MissingInputError(what, why)
+    if avatar_image is not None and avatar_image_bytes is not None:
+        raise CloudRequestError("set at most one of avatarImage and avatarImageFrom")
+    has_image = avatar_image is not None or avatar_image_bytes is not None
+    image_data = _image_data(avatar_image) if avatar_image is not None else None
+
+    if request_format(api_url, model, default_api=default_api) is RequestFormat.FORM:
+        credential = api_token or api_secret
+        if not credential:
+            raise MissingInputError(
+                "BITHUMAN_API_TOKEN or BITHUMAN_API_SECRET",
+                "a custom endpoint authenticates with a Bearer credential",
+            )
+        form = {"livekit_url": livekit_url, "livekit_token": livekit_token, "room_name": room}
+        if model:
+            form["model"] = model
+        flag = async_flag(api_url)
+        if flag is not None:
+            form["async_mode"] = "true" if flag else "false"
+        upload: bytes | None = None
+        if avatar_image_bytes is not None:
+            upload = _jpeg(avatar_image_bytes)
+        elif avatar_image is not None and image_data is None:
+            form["avatar_image_url"] = avatar_image
+        else:
+            # Base64 is uploaded decoded and labelled JPEG whatever it holds, as the plugin does.
+            upload = image_data
+        if avatar_id:
+            form["avatar_id"] = avatar_id
+        return CloudRequest(
+            url=api_url,
+            format=RequestFormat.FORM,
+            headers=types.MappingProxyType(
+                {"Authorization": f"Bearer {credential}", "Idempotency-Key": idempotency_key}
+            ),
+            form=types.MappingProxyType(form),
+            file=None if upload is None else FormFile(upload, "avatar.jpg", "image/jpeg"),
+        )
+
+    if not api_secret:
+        raise MissingInputError(
+            "BITHUMAN_API_SECRET", "bitHuman's session API authenticates with the api-secret header"
+        )
+    body = {
+        "livekit_url": livekit_url,
+        "livekit_token": livekit_token,
+        "room_name": room,
+        # The legacy engine selector, still sent for servers that predate `model`.
+        "mode": "gpu" if has_image or is_expression_model(model) else "cpu",
+    }
+    # Unset means bitHuman picks the model the avatar was prepared for.
+    if model:
+        body["model"] = model
+    if avatar_image is not None:
+        body["image"] = avatar_image
+    elif avatar_image_bytes is not None:
+        body["image"] = base64.b64encode(_jpeg(avatar_image_bytes)).decode("ascii")
+    if avatar_id:
+        body["agent_id"] = avatar_id
+    return CloudRequest(
+        url=api_url,
+        format=RequestFormat.JSON,
+        headers=types.MappingProxyType(
+            {
+                "Content-Type": "application/json",
+                "api-secret": api_secret,
+                "Idempotency-Key": idempotency_key,
+            }
+        ),
+        json=types.MappingProxyType(body),
+    )
+
+
+def _image_data(image: str) -> bytes | None:
+    """None for an http(s) URL, the decoded bytes for strict base64 (the plugin's
+    `_is_valid_base64`), else InvalidImageError. The message never echoes the
+    string: it may be megabytes, or something the user did not mean to publish."""
+    if image.startswith(("http://", "https://")):
+        return None
+    cleaned = "".join(image.split())
+    if cleaned and len(cleaned) % 4 == 0 and _BASE64_RE.match(cleaned):
+        try:
+            decoded = base64.b64decode(cleaned, validate=True)
+        except binascii.Error:
+            decoded = b""
+        if decoded:
+            return decoded
+    raise InvalidImageError(
+        "avatarImage must be an http:// or https:// URL or strict base64 image data"
+    )
+
+
+def _jpeg(data: bytes) -> bytes:
+    """Re-encode as JPEG at the plugin's quality; JPEG has no alpha or palette,
+    so those images are flattened to RGB first."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
+            out = io.BytesIO()
+            rgb.save(out, format="JPEG", quality=_JPEG_QUALITY)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InvalidImageError(
+            f"avatarImageFrom does not hold an image Pillow can read ({type(err).__name__})"
+        ) from None
+    return out.getvalue()
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    req: CloudRequest,
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_attempt: Callable[[int], Awaitable[None]] | None = None,
+) -> CloudResult:
+    """POST `req`, retrying connection errors, timeouts, 429 and 5xx.
+
+    Any other answer ends it at once: a 2xx is Accepted, the rest Rejected with
+    the server's status and (truncated) body. `on_attempt(n)` runs before
+    attempt n (1-based), so a caller can record progress.
+    """
+    timeout = aiohttp.ClientTimeout(
+        total=policy.timeout * TOTAL_TIMEOUT_FACTOR, sock_connect=policy.timeout
+    )
+    secrets = req.sensitive_values()
+    last_error = ""
+    last_status: int | None = None
+    for attempt in range(1, policy.max_retry + 1):
+        if on_attempt is not None:
+            await on_attempt(attempt)
+        delay = policy.retry_interval
+        try:
+            async with session.post(
+                req.url,
+                headers=dict(req.headers),
+                json=None if req.json is None else dict(req.json),
+                data=_form_data(req),
+                timeout=timeout,
+                # A redirect would re-send the api-secret header to wherever it points.
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                body = await resp.content.read(_READ_LIMIT)
+                retry_after = resp.headers.get("Retry-After")
+                reason = resp.reason or ""
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
+            last_status = None
+            last_error = _redact(_describe(err, policy), secrets)
+        else:
+            if 200 <= status < 300:
+                return CloudResult(Accepted(status, body), attempt, status)
+            text = body.decode("utf-8", errors="replace").strip() or reason
+            message = _redact(text, secrets)[:MESSAGE_LIMIT]
+            if status != 429 and status < 500:
+                return CloudResult(Rejected(status, message), attempt, status)
+            last_status = status
+            last_error = f"HTTP {status}: {message}"
+            if status == 429:
+                wait = _retry_after_s(retry_after)
+                if wait is not None:
+                    delay = max(delay, min(wait, RETRY_AFTER_CAP_S))
+        logger.warning(
+            "bitHuman request attempt %d/%d failed: %s", attempt, policy.max_retry, last_error
+        )
+        if attempt < policy.max_retry:
+            await sleep(delay)
+    return CloudResult(RetriesExhausted(last_error), policy.max_retry, last_status)
+
+
+def _form_data(req: CloudRequest) -> aiohttp.FormData | None:
+    if req.form is None:
+        return None
+    form = aiohttp.FormData()
+    for name, value in req.form.items():
+        form.add_field(name, value)
+    if req.file is not None:
+        form.add_field(
+            _FILE_FIELD,
+            req.file.data,
+            filename=req.file.filename,
+            content_type=req.file.content_type,
+        )
+    return form
+
+
+def _describe(err: BaseException, policy: RetryPolicy) -> str:
+    if isinstance(err, TimeoutError):
+        return (
+            f"no answer in time (connect limit {policy.timeout:g}s, "
+            f"total limit {policy.timeout * TOTAL_TIMEOUT_FACTOR:g}s)"
+        )
+    detail = str(err)
+    return f"{type(err).__name__}: {detail}" if detail else type(err).__name__
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        return max(seconds, 0.0)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    # A server may echo what it was sent; the credential must not ride along.
+    for secret in secrets:
+        text = text.replace(secret, _REDACTED)
+    return text

@@ -1,0 +1,93 @@
+"""kopf registrations. Each handler hands off to `session`; none holds logic of its own."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import kopf
+
+from avatar_operator import credentials, kube, manifests, metrics, room, session, signals
+from avatar_operator import settings as settings_mod
+from avatar_operator import spec as spec_mod
+
+RESOURCE = (manifests.GROUP, manifests.VERSION, "avatarsessions")
+FINALIZER = f"{manifests.GROUP}/cleanup"
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Progress and the last-handled spec go into annotations, never status:
+    # status holds only what the resource's schema says.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=manifests.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=manifests.GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    # A burst of sessions: many objects at once, each one cheap.
+    settings.batching.worker_limit = 1000
+    memo.http = aiohttp.ClientSession()
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    await memo.http.close()
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=10.0, backoff=5.0)
+async def run_session(
+    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    """The session's worker: from applied to ended. Restarted for each session when the operator starts."""
+    worker = session.Worker(body=body, settings=memo.settings, http=memo.http, logger=logger, stopped=stopped)
+    with metrics.track(worker):
+        await worker.run()
+
+
+@kopf.on.event("", "v1", "pods", labels={manifests.MANAGED_BY_LABEL: "avatar-operator", manifests.SESSION_LABEL: kopf.PRESENT})
+def runner_pod_event(event: kopf.RawEvent, **_: Any) -> None:
+    """Hands the runner pod's newest state to its session's worker."""
+    pod: dict[str, Any] = dict(event["object"])
+    for owner in pod.get("metadata", {}).get("ownerReferences") or []:
+        if owner.get("kind") == manifests.KIND:
+            signals.post_pod(owner["uid"], None if event["type"] == "DELETED" else pod)
+
+
+@kopf.on.delete(*RESOURCE)
+async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Stops the runner or removes the cloud avatar, deletes what the session owns, then lets go.
+
+    LiveKit being unreachable delays deletion by at most cleanup_timeout_s,
+    then a Warning event says what was left behind."""
+    settings: settings_mod.Settings = memo.settings
+    meta = body.metadata
+    ref = manifests.SessionRef(name=str(meta.name), namespace=str(meta.namespace), uid=str(meta.uid))
+    try:
+        spec = spec_mod.parse_spec(body)
+    except Exception:  # noqa: BLE001 - an invalid session never started anything but owned objects
+        await kube.delete("Pod", ref.namespace, manifests.child_name(ref.name, "runner"))
+        await kube.delete("Secret", ref.namespace, manifests.child_name(ref.name, "token"))
+        return
+    identity = str((body.get("status") or {}).get("avatarIdentity") or spec_mod.DEFAULT_AVATAR_IDENTITY)
+
+    async def read(name: str) -> dict[str, str] | None:
+        return await kube.read_secret(ref.namespace, name)
+
+    client = None
+    try:
+        names = [settings.livekit_secret_name]
+        if spec.livekit and spec.livekit.secret_ref:
+            names.append(spec.livekit.secret_ref.name)
+        found = {n: await read(n) for n in names}
+        lk = credentials.livekit(spec, settings, found.get)
+        client = room.Client(lk.url, lk.api_key, lk.api_secret, memo.http)
+    except credentials.MissingCredentials as e:
+        logger.info("no LiveKit credentials for cleanup: %s", e.reason)
+    warning = await session.stop_session(ref, spec, client, identity, settings, logger)
+    if warning and (spec.mode == spec_mod.Mode.CLOUD or settings.launcher == settings_mod.Launcher.PROCESS):
+        kopf.warn(body, reason="CleanupIncomplete", message=warning)
+    signals.forget(ref.uid)

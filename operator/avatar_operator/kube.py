@@ -1,0 +1,136 @@
+"""The few Kubernetes API calls the operator makes, as async functions.
+
+The official client is synchronous; calls run in a thread pool sized for a
+burst of sessions (the default pool of cpu+4 threads throttles it). Each call
+names one verb the RBAC in the chart grants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from avatar_operator import manifests
+
+T = TypeVar("T")
+
+_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube")
+_client: ApiClient | None = None
+
+
+def configure(kubeconfig: str | None = None) -> None:
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    global _client
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(config_file=kubeconfig)
+    cfg = kubernetes.client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = 32
+    _client = ApiClient(cfg)
+
+
+def _api() -> ApiClient:
+    if _client is None:
+        configure()
+    assert _client is not None
+    return _client
+
+
+async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_pool, functools.partial(fn, *args, **kwargs))
+
+
+async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's decoded data, or None when it does not exist. (verb: get secrets)"""
+    try:
+        secret = await _call(CoreV1Api(_api()).read_namespaced_secret, name, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.data or {}).items()}
+
+
+async def read_secret_key(namespace: str, name: str, key: str) -> bytes | None:
+    """One Secret key as bytes (an image may be binary). (verb: get secrets)"""
+    try:
+        secret = await _call(CoreV1Api(_api()).read_namespaced_secret, name, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    value = (secret.data or {}).get(key)
+    return None if value is None else base64.b64decode(value)
+
+
+async def read_config_map_key(namespace: str, name: str, key: str) -> bytes | None:
+    """A ConfigMap key as bytes (binaryData or data), None when absent. (verb: get configmaps)"""
+    try:
+        cm = await _call(CoreV1Api(_api()).read_namespaced_config_map, name, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    if cm.binary_data and key in cm.binary_data:
+        return base64.b64decode(cm.binary_data[key])
+    if cm.data and key in cm.data:
+        return str(cm.data[key]).encode()
+    return None
+
+
+async def create(obj: Mapping[str, Any]) -> bool:
+    """Creates a Secret or Pod; False when one by that name already exists. (verb: create)"""
+    core = CoreV1Api(_api())
+    fn: Callable[..., Any] = getattr(core, f"create_namespaced_{str(obj['kind']).lower()}")
+    try:
+        await _call(fn, obj["metadata"]["namespace"], obj)
+    except ApiException as e:
+        if e.status == 409:
+            return False
+        raise
+    return True
+
+
+async def read_pod(namespace: str, name: str) -> dict[str, Any] | None:
+    """(verb: get pods)"""
+    try:
+        pod = await _call(CoreV1Api(_api()).read_namespaced_pod, name, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    result: dict[str, Any] = _api().sanitize_for_serialization(pod)
+    return result
+
+
+async def delete(kind: str, namespace: str, name: str) -> None:
+    """Deletes a Secret or Pod; gone already is fine. (verb: delete)"""
+    core = CoreV1Api(_api())
+    fn: Callable[..., Any] = getattr(core, f"delete_namespaced_{kind.lower()}")
+    try:
+        await _call(fn, name, namespace)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+async def patch_status(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    """Merge-patches the session's status subresource. (verb: patch avatarsessions/status)"""
+    await _call(
+        CustomObjectsApi(_api()).patch_namespaced_custom_object_status,
+        manifests.GROUP,
+        manifests.VERSION,
+        namespace,
+        "avatarsessions",
+        name,
+        {"status": dict(status)},
+    )

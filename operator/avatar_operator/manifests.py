@@ -1,0 +1,215 @@
+"""Pure builders of what a local-mode session owns: its token Secret and its runner Pod.
+
+No cluster access here: handlers pass everything in, and the unit tests check
+the manifests without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+from avatar_operator import spec as spec_mod
+
+GROUP = spec_mod.GROUP
+VERSION = spec_mod.VERSION
+KIND = spec_mod.KIND
+SESSION_LABEL = f"{GROUP}/session"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+TOKEN_KEY = "LIVEKIT_TOKEN"
+GPU_RESOURCE = "nvidia.com/gpu"
+RUNNER_CONTAINER = "runner"
+# Models that render on a GPU (bitHuman's expression family); essence runs on CPU.
+GPU_MODELS = frozenset({"expression", "expression-2"})
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionRef:
+    """The session an owned object points back to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def _shorten(value: str, limit: int) -> str:
+    """value, or a prefix of it plus a hash of the whole when longer than limit."""
+    if len(value) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    return f"{value[: limit - 9]}-{digest}"
+
+
+def child_name(session: str, suffix: str) -> str:
+    """A stable name for an owned object (object names are at most 253 characters)."""
+    return _shorten(f"{session}-{suffix}", 253)
+
+
+def labels(ref: SessionRef, component: str) -> dict[str, str]:
+    return {
+        SESSION_LABEL: _shorten(ref.name, 63),  # label values are at most 63
+        COMPONENT_LABEL: component,
+        MANAGED_BY_LABEL: "avatar-operator",
+    }
+
+
+def token_secret(ref: SessionRef, token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": child_name(ref.name, "token"),
+            "namespace": ref.namespace,
+            "labels": labels(ref, "token"),
+            "ownerReferences": [ref.owner_reference()],
+        },
+        "stringData": {TOKEN_KEY: token},
+    }
+
+
+def gpu_count(spec: spec_mod.AvatarSessionSpec) -> int:
+    """runner.gpus when given, else one GPU for the expression models, else none."""
+    runner = spec.runner
+    if runner is not None and runner.gpus is not None:
+        return int(runner.gpus)
+    model = spec.model.value if spec.model is not None else None
+    return 1 if model in GPU_MODELS else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerDefaults:
+    image: str
+    renderer: str
+    cpu: str
+    memory: str
+
+
+RESTRICTED_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def runner_pod(
+    ref: SessionRef,
+    spec: spec_mod.AvatarSessionSpec,
+    *,
+    livekit_url: str,
+    bithuman_secret: str | None,
+    defaults: RunnerDefaults,
+) -> dict[str, Any]:
+    """The runner Pod: passes the `restricted` Pod Security Standard, no API token,
+    the room token from its Secret, the bitHuman credential by reference only."""
+    runner = spec.runner
+    gpus = gpu_count(spec)
+    resources: dict[str, Any] = (
+        runner.resources.model_dump(by_alias=True, exclude_none=True) if runner and runner.resources else {}
+    )
+    if not resources:
+        resources = {
+            "requests": {"cpu": defaults.cpu, "memory": defaults.memory},
+            "limits": {"memory": defaults.memory},
+        }
+    if gpus:
+        # Extended resources must be set in limits (requests default to them).
+        resources.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
+
+    env: list[dict[str, Any]] = [
+        {"name": "LIVEKIT_URL", "value": livekit_url},
+        {
+            "name": TOKEN_KEY,
+            "valueFrom": {"secretKeyRef": {"name": child_name(ref.name, "token"), "key": TOKEN_KEY}},
+        },
+        {"name": "AGENT_IDENTITY", "value": spec.agent_identity},
+        {"name": "AVATAR_RENDERER", "value": defaults.renderer},
+        {"name": "HEALTH_PORT", "value": "8080"},
+    ]
+    if spec.model_path:
+        env.append({"name": "BITHUMAN_MODEL_PATH", "value": spec.model_path})
+    if spec.max_duration:
+        env.append({"name": "AVATAR_MAX_DURATION", "value": str(spec.max_duration)})
+    if bithuman_secret:
+        for key in ("BITHUMAN_API_SECRET", "BITHUMAN_API_TOKEN"):
+            env.append(
+                {
+                    "name": key,
+                    "valueFrom": {"secretKeyRef": {"name": bithuman_secret, "key": key, "optional": True}},
+                }
+            )
+
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if spec.model_volume is not None and spec.model_path:
+        volumes.append({"name": "model", **spec.model_volume.model_dump(by_alias=True, exclude_none=True)})
+        mounts.append({"name": "model", "mountPath": posixpath.dirname(spec.model_path) or "/", "readOnly": True})
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 15,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": RUNNER_CONTAINER,
+                "image": (runner.image if runner and runner.image else defaults.image),
+                "args": ["python", "-m", "avatar_runner"],
+                "env": env,
+                "resources": resources,
+                "volumeMounts": mounts,
+                "ports": [{"name": "health", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "health"}, "periodSeconds": 2},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10},
+                # The runner writes its one-line exit reason here; the operator shows it.
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": RESTRICTED_CONTAINER_SECURITY,
+            }
+        ],
+        "volumes": volumes,
+    }
+    if runner is not None:
+        if runner.node_selector:
+            pod_spec["nodeSelector"] = dict(runner.node_selector)
+        if runner.tolerations:
+            pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in runner.tolerations]
+        if runner.priority_class_name:
+            pod_spec["priorityClassName"] = runner.priority_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": child_name(ref.name, "runner"),
+            "namespace": ref.namespace,
+            "labels": labels(ref, "runner"),
+            "ownerReferences": [ref.owner_reference()],
+        },
+        "spec": pod_spec,
+    }
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(o.get("uid") == uid for o in obj.get("metadata", {}).get("ownerReferences", []) or [])

@@ -1,0 +1,417 @@
+"""The AvatarSession validation rules, as data: one table, two evaluators.
+
+Each rule carries a Python check (run by `validate`, offline and by the
+operator) and the same rule in CEL (put into the CRD by `crd.py`, so
+`kubectl apply` refuses a bad spec at once). Python is the authority; the CEL
+is written to agree with it exactly, and the integration tests hold the
+apiserver to that.
+
+The rules are `livekit-plugins-bithuman`'s `AvatarSession.__init__` checks,
+restated for a resource: the plugin's environment variables have no
+counterpart in a spec (credentials come from Secrets, checked by the operator
+at reconcile time with `credential_problem`), and a few checks are stricter
+where the plugin would only fail later (an empty avatarId, a relative URL).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import re
+from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
+from typing import Any
+
+import pydantic
+
+from avatar_operator.spec import AvatarSessionSpec, Mode, parse_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One reason a manifest is invalid: the field, and what to do about it."""
+
+    field: str  # e.g. "spec.avatarImage"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class CelReason(StrEnum):
+    """The error type the apiserver reports for a failed CEL rule."""
+
+    INVALID = "FieldValueInvalid"
+    REQUIRED = "FieldValueRequired"
+    FORBIDDEN = "FieldValueForbidden"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A rule on one spec. `cel` runs with `self` at the schema node `scope`
+    (and only when that node is present, which `check` mirrors)."""
+
+    id: str
+    field: str
+    message: str
+    check: Callable[[AvatarSessionSpec], bool]  # True when the spec passes
+    cel: str
+    scope: str
+    reason: CelReason = CelReason.INVALID
+
+
+@dataclasses.dataclass(frozen=True)
+class TransitionRule:
+    """A rule on an update: `oldSelf` is the stored object at `scope`."""
+
+    id: str
+    field: str
+    message: str
+    check: Callable[[AvatarSessionSpec, AvatarSessionSpec], bool]  # (old, new) -> passes
+    cel: str
+    scope: str
+
+
+# --- the avatar image: the plugin's _is_valid_base64, twice ------------------
+
+_BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+def is_valid_base64(s: str) -> bool:
+    """livekit.plugins.bithuman.avatar._is_valid_base64, step for step."""
+    # The plugin strips outer whitespace (str.isspace), then removes space,
+    # \n, \r and \t anywhere; other whitespace inside the data is invalid.
+    s_clean = s.strip().replace(" ", "").replace("\n", "").replace("\r", "").replace("\t", "")
+    if not s_clean:
+        return False
+    if len(s_clean) % 4 != 0:
+        return False
+    if not _BASE64_CHARS.match(s_clean):
+        return False
+    try:
+        return len(base64.b64decode(s_clean)) > 0
+    except (binascii.Error, ValueError):
+        return False
+
+
+def is_url(s: str) -> bool:
+    """The plugin's URL test: a prefix, nothing more."""
+    return s.startswith(("http://", "https://"))
+
+
+# The same language as is_valid_base64, as one RE2 regex over the raw string
+# (CEL has no str.strip() equivalent: its trim() misses \x1c-\x1f). Outer
+# whitespace is what str.isspace() accepts: \t-\r, \x1c-\x20, \x85 and the
+# Unicode Z category. Inside, only space, \t, \n, \r may follow each base64
+# character. The data is quads of [A-Za-z0-9+/], the last one possibly ending
+# in "=" or "==": that gives the length rule, and a non-empty match always
+# decodes to non-empty bytes.
+WHITESPACE_CLASS = r"[\t-\r\x1c- \x85\pZ]"
+_SP = r"[\t\n\r ]*"
+_CH = r"[A-Za-z0-9+/]" + _SP
+BASE64_RE2 = rf"^{WHITESPACE_CLASS}*(?:(?:{_CH}){{4}})*(?:{_CH}){{2}}(?:(?:{_CH}){{2}}|{_CH}=|={_SP}=){WHITESPACE_CLASS}*$"
+
+# An absolute path in a directory other than "/" (any character but "/" in names).
+_MODEL_PATH = r"/[^/].*/[^/]+"
+
+
+def _model_path_ok(path: str) -> bool:
+    return re.fullmatch(_MODEL_PATH, path, re.DOTALL) is not None
+
+
+# --- the rules -----------------------------------------------------------------
+
+_CLOUD_CEL = "has(self.avatarId) || has(self.avatarImage) || has(self.avatarImageFrom)"
+_VOLUME_SOURCES = ("persistentVolumeClaim", "csi", "image", "hostPath")
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        id="room-non-empty",
+        field="spec.room",
+        message="must not be empty: set it to the LiveKit room the avatar joins",
+        check=lambda s: s.room != "",
+        cel="size(self) > 0",
+        scope="spec.room",
+        reason=CelReason.REQUIRED,
+    ),
+    Rule(
+        id="agent-identity-non-empty",
+        field="spec.agentIdentity",
+        message="must not be empty: set it to the identity of the agent participant the avatar speaks for",
+        check=lambda s: s.agent_identity != "",
+        cel="size(self) > 0",
+        scope="spec.agentIdentity",
+        reason=CelReason.REQUIRED,
+    ),
+    Rule(
+        id="local-model-path",
+        field="spec.modelPath",
+        message="must be set for local mode, as the plugin's `model_path`: set it to the .imx model file's "
+        "path in the runner, or set spec.avatarId, spec.avatarImage or spec.avatarImageFrom for a cloud session",
+        check=lambda s: s.mode is Mode.CLOUD or bool(s.model_path),
+        cel=f"{_CLOUD_CEL} || (has(self.modelPath) && size(self.modelPath) > 0)",
+        scope="spec",
+        reason=CelReason.REQUIRED,
+    ),
+    Rule(
+        id="model-path-in-volume",
+        field="spec.modelPath",
+        message="must be an absolute path in a directory, e.g. /models/avatar.imx, when spec.modelVolume is "
+        "set: the volume is mounted at that directory",
+        check=lambda s: s.model_volume is None or s.model_path is None or _model_path_ok(s.model_path),
+        cel=f"!has(self.modelVolume) || !has(self.modelPath) || self.modelPath.matches(r'(?s)^{_MODEL_PATH}$')",
+        scope="spec",
+    ),
+    Rule(
+        id="model-volume-no-host-path",
+        field="spec.modelVolume.hostPath",
+        message="not allowed: the runner pod must pass the restricted Pod Security Standard, which forbids "
+        "hostPath volumes. Copy the model to a PersistentVolumeClaim, or use csi or image",
+        check=lambda s: s.model_volume is None or s.model_volume.host_path is None,
+        cel="!has(self.hostPath)",
+        scope="spec.modelVolume",
+        reason=CelReason.FORBIDDEN,
+    ),
+    Rule(
+        id="model-volume-one-source",
+        field="spec.modelVolume",
+        message="must set exactly one volume source: persistentVolumeClaim, csi or image",
+        check=lambda s: s.model_volume is None
+        or sum(
+            v is not None
+            for v in (
+                s.model_volume.persistent_volume_claim,
+                s.model_volume.csi,
+                s.model_volume.image,
+                s.model_volume.host_path,
+            )
+        )
+        == 1,
+        cel=" + ".join(f"(has(self.{f}) ? 1 : 0)" for f in _VOLUME_SOURCES) + " == 1",
+        scope="spec.modelVolume",
+    ),
+    Rule(
+        id="avatar-id-non-empty",
+        field="spec.avatarId",
+        message="must not be empty: set it to the code of a bitHuman agent, or remove it for local mode",
+        check=lambda s: s.avatar_id != "",
+        cel="size(self) > 0",
+        scope="spec.avatarId",
+    ),
+    Rule(
+        id="avatar-image-format",
+        field="spec.avatarImage",
+        message="must be an http:// or https:// URL or base64 image data (A-Z, a-z, 0-9, "
+        "+ and / in groups of four, the last group possibly ending in = or ==; spaces and line breaks are "
+        "ignored). A file path is not accepted here: put the image in a ConfigMap or Secret and use "
+        "spec.avatarImageFrom",
+        check=lambda s: s.avatar_image is None or is_url(s.avatar_image) or is_valid_base64(s.avatar_image),
+        cel=f"self.startsWith('http://') || self.startsWith('https://') || self.matches(r'{BASE64_RE2}')",
+        scope="spec.avatarImage",
+    ),
+    Rule(
+        id="avatar-image-exclusive",
+        field="spec.avatarImageFrom",
+        message="must not be set together with spec.avatarImage: remove one of the two",
+        check=lambda s: s.avatar_image is None or s.avatar_image_from is None,
+        cel="!has(self.avatarImage) || !has(self.avatarImageFrom)",
+        scope="spec",
+        reason=CelReason.FORBIDDEN,
+    ),
+    Rule(
+        id="avatar-image-from-one-source",
+        field="spec.avatarImageFrom",
+        message="must set exactly one of configMapKeyRef and secretKeyRef",
+        check=lambda s: s.avatar_image_from is None
+        or (s.avatar_image_from.config_map_key_ref is None) != (s.avatar_image_from.secret_key_ref is None),
+        cel="has(self.configMapKeyRef) != has(self.secretKeyRef)",
+        scope="spec.avatarImageFrom",
+    ),
+    Rule(
+        id="bithuman-api-url",
+        field="spec.bithuman.apiUrl",
+        message="must be an http:// or https:// URL; remove it for the default API",
+        check=lambda s: s.bithuman is None or s.bithuman.api_url is None or is_url(s.bithuman.api_url),
+        cel="self.startsWith('http://') || self.startsWith('https://')",
+        scope="spec.bithuman.apiUrl",
+    ),
+    Rule(
+        id="livekit-url",
+        field="spec.livekit.url",
+        message="must be a ws://, wss://, http:// or https:// URL; remove it for the operator's default",
+        check=lambda s: s.livekit is None
+        or s.livekit.url is None
+        or s.livekit.url.startswith(("ws://", "wss://", "http://", "https://")),
+        cel="self.startsWith('ws://') || self.startsWith('wss://') || self.startsWith('http://') "
+        "|| self.startsWith('https://')",
+        scope="spec.livekit.url",
+    ),
+    Rule(
+        id="avatar-identity-non-empty",
+        field="spec.avatarParticipant.identity",
+        message="must not be empty: remove it for the default, bithuman-avatar-agent",
+        check=lambda s: s.avatar_participant.identity != "",
+        cel="size(self) > 0",
+        scope="spec.avatarParticipant.identity",
+    ),
+    Rule(
+        id="avatar-name-non-empty",
+        field="spec.avatarParticipant.name",
+        message="must not be empty: remove it for the default, bithuman-avatar-agent",
+        check=lambda s: s.avatar_participant.name != "",
+        cel="size(self) > 0",
+        scope="spec.avatarParticipant.name",
+    ),
+    Rule(
+        id="connection-max-retry",
+        field="spec.connection.maxRetry",
+        message="must be at least 1: it counts attempts, the first one included",
+        check=lambda s: s.connection.max_retry >= 1,
+        cel="self >= 1",
+        scope="spec.connection.maxRetry",
+    ),
+    Rule(
+        id="connection-retry-interval",
+        field="spec.connection.retryInterval",
+        message="must be 0 or more seconds",
+        check=lambda s: s.connection.retry_interval >= 0,
+        cel="self >= 0.0",
+        scope="spec.connection.retryInterval",
+    ),
+    Rule(
+        id="connection-timeout",
+        field="spec.connection.timeout",
+        message="must be more than 0 seconds",
+        check=lambda s: s.connection.timeout > 0,
+        cel="self > 0.0",
+        scope="spec.connection.timeout",
+    ),
+    Rule(
+        id="runner-gpus",
+        field="spec.runner.gpus",
+        message="must be 0 or more",
+        check=lambda s: s.runner is None or s.runner.gpus is None or s.runner.gpus >= 0,
+        cel="self >= 0",
+        scope="spec.runner.gpus",
+    ),
+    Rule(
+        id="max-duration",
+        field="spec.maxDuration",
+        message="must be more than 0 seconds; remove it for no limit",
+        check=lambda s: s.max_duration is None or s.max_duration > 0,
+        cel="self > 0.0",
+        scope="spec.maxDuration",
+    ),
+)
+
+# What a running session is made of. Only spec.connection and spec.maxDuration
+# may change: the first until the cloud request is accepted, the second to
+# lengthen or shorten a session.
+IMMUTABLE: tuple[tuple[str, str], ...] = (
+    ("room", "room"),
+    ("agentIdentity", "agent_identity"),
+    ("model", "model"),
+    ("modelPath", "model_path"),
+    ("modelVolume", "model_volume"),
+    ("avatarId", "avatar_id"),
+    ("avatarImage", "avatar_image"),
+    ("avatarImageFrom", "avatar_image_from"),
+    ("bithuman", "bithuman"),
+    ("livekit", "livekit"),
+    ("avatarParticipant", "avatar_participant"),
+    ("runner", "runner"),
+)
+
+
+def _unchanged(attr: str) -> Callable[[AvatarSessionSpec, AvatarSessionSpec], bool]:
+    return lambda old, new: bool(getattr(old, attr) == getattr(new, attr))
+
+
+TRANSITION_RULES: tuple[TransitionRule, ...] = tuple(
+    TransitionRule(
+        id=f"immutable-{wire}",
+        field=f"spec.{wire}",
+        message="cannot change once the session exists: delete the AvatarSession and create it again "
+        "(only spec.connection and spec.maxDuration may change)",
+        check=_unchanged(attr),
+        # An optional field may also not appear or disappear.
+        cel=f"has(self.{wire}) == has(oldSelf.{wire}) && (!has(self.{wire}) || self.{wire} == oldSelf.{wire})",
+        scope="spec",
+    )
+    for wire, attr in IMMUTABLE
+)
+
+
+# --- evaluation ------------------------------------------------------------------
+
+_TOP_LEVEL = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+
+
+def _field_path(loc: Sequence[int | str]) -> str:
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _explain_path(loc: Sequence[int | str]) -> str:
+    return ".".join(["avatarsession", "spec", *(str(p) for p in loc if isinstance(p, str))])
+
+
+def _shape_problems(error: pydantic.ValidationError) -> list[Problem]:
+    problems = []
+    for e in error.errors():
+        loc = tuple(e["loc"])
+        if e["type"] == "missing":
+            message = "required field is missing"
+        elif e["type"] == "extra_forbidden":
+            message = f"unknown field: remove it (`kubectl explain {_explain_path(loc[:-1])}` lists the fields)"
+        elif e["type"] == "model_type":
+            message = "must be an object"
+        else:
+            message = str(e["msg"]).removeprefix("Value error, ")
+        problems.append(Problem(_field_path(loc), message))
+    return problems
+
+
+def validate(obj: Mapping[str, Any]) -> list[Problem]:
+    """Every problem of an AvatarSession object that needs no cluster to see.
+
+    Empty when the object is valid. Shape problems (types, unknown fields)
+    come first and alone: the rules need a well-formed spec to run.
+    """
+    problems = [Problem(k, "unknown field: remove it") for k in obj if k not in _TOP_LEVEL]
+    if obj.get("spec") is None:
+        return [*problems, Problem("spec", "required field is missing: an AvatarSession needs a spec")]
+    try:
+        spec = parse_spec(obj)
+    except pydantic.ValidationError as e:
+        return [*problems, *_shape_problems(e)]
+    return [*problems, *(Problem(r.field, r.message) for r in RULES if not r.check(spec))]
+
+
+def validate_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Problem]:
+    """validate(new), plus the fields that may not change from `old` (the stored object)."""
+    problems = validate(new)
+    if problems:
+        return problems
+    try:
+        old_spec = parse_spec(old)
+    except pydantic.ValidationError:
+        return []  # nothing valid was stored, so nothing is running to protect
+    new_spec = parse_spec(new)
+    return [Problem(r.field, r.message) for r in TRANSITION_RULES if not r.check(old_spec, new_spec)]
+
+
+def credential_problem(mode: Mode, *, has_secret: bool, has_token: bool) -> str | None:
+    """The plugin's credential rule, for the operator once it has read the Secret.
+
+    Not part of `validate`: credentials may come from the operator's defaults,
+    which a manifest alone cannot show. The wording is the plugin's.
+    """
+    if mode is Mode.LOCAL and not (has_secret or has_token):
+        return "BITHUMAN_API_SECRET or BITHUMAN_API_TOKEN are required for local mode"
+    if mode is Mode.CLOUD and not has_secret:
+        return "BITHUMAN_API_SECRET are required for cloud mode"
+    return None

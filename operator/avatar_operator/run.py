@@ -1,0 +1,41 @@
+"""`avatar-operator run`: start kopf with the operator's handlers and settings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+
+from avatar_operator import kube, metrics
+from avatar_operator import settings as settings_mod
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = settings_mod.Settings.from_env()
+    namespaces = list(getattr(args, "namespace", None) or settings.namespaces)
+    clusterwide = bool(getattr(args, "all_namespaces", False)) or not namespaces
+    kopf.configure(
+        verbose=bool(getattr(args, "verbose", False)),
+        log_format=kopf.LogFormat.JSON if getattr(args, "log_format", "plain") == "json" else kopf.LogFormat.FULL,
+    )
+    # The kubernetes client logs request bodies at DEBUG; keep it quiet so no
+    # Secret payload can reach a log line even with --verbose.
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    kube.configure()
+    metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
+
+    from avatar_operator import handlers  # noqa: F401 - registers the handlers with kopf
+
+    kopf.run(
+        clusterwide=clusterwide,
+        namespaces=[] if clusterwide else namespaces,
+        standalone=bool(getattr(args, "standalone", False)),
+        # A named peering is mandatory in kopf (it waits for the peering CRD);
+        # unnamed, kopf peers when the CRD exists and runs alone otherwise.
+        peering_name=None if getattr(args, "standalone", False) else getattr(args, "peering", None),
+        liveness_endpoint=getattr(args, "liveness", None),
+        memo=kopf.Memo(settings=settings),
+    )
+    return 0

@@ -1,0 +1,203 @@
+"""The operator and the fake bitHuman API as real processes beside the stack."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, Stack
+
+BITHUMAN_SECRET = "bh-account-secret-" + os.urandom(12).hex()
+BITHUMAN_TOKEN = "bh-api-token-" + os.urandom(12).hex()
+
+
+class FakeAPI:
+    """tests.fakes.bithuman_api running as a process; driven over its control endpoints."""
+
+    def __init__(self, log: pathlib.Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.bithuman_api", "--port", "0", "--api-secret", BITHUMAN_SECRET, "--api-token", BITHUMAN_TOKEN],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "w"),
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fake bitHuman API did not start; see {log}")
+        self.urls: dict[str, str] = json.loads(line)
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.urls["base_url"] + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read() or b"null")
+
+    def script(self, entries: list[dict[str, Any]], route: str = "session") -> None:
+        self._call("POST", f"/_control/script?route={route}", entries)
+
+    def requests(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/_control/requests"))
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/_control/sessions"))
+
+    def reset(self) -> None:
+        self._call("POST", "/_control/reset", {})
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Operator:
+    """`avatar-operator run` as a process; kill it and start it again as a test needs."""
+
+    def __init__(self, stack: Stack, fake: FakeAPI, log: pathlib.Path) -> None:
+        self.stack, self.log = stack, log
+        self.env = stack.process_env()
+        self.env.update(
+            {
+                "AVATAR_LIVEKIT_URL": stack.livekit_url,
+                # The fake stands in for bitHuman's default API: the operator is
+                # told its URL is the default one (JSON format, runtime-token mint).
+                "AVATAR_BITHUMAN_API_URL": fake.urls["url"],
+                "AVATAR_BITHUMAN_MINT_URL": fake.urls["mint_url"],
+                "AVATAR_RUNNER_IMAGE": "registry.invalid/avatar-runner:test",
+                "AVATAR_ROOM_POLL": "0.5",
+                "AVATAR_CLEANUP_TIMEOUT": "3",
+            }
+        )
+        for k in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+            self.env.pop(k, None)  # sessions get LiveKit credentials from their namespace's Secret
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "avatar_operator", "run", "--standalone", "--all-namespaces", "--liveness", "http://127.0.0.1:0/healthz"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def artifacts(stack: Stack) -> pathlib.Path:
+    d = stack.dir / "test-artifacts"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def fake_api(artifacts: pathlib.Path) -> Iterator[FakeAPI]:
+    fake = FakeAPI(artifacts / "fake-bithuman.log")
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(stack: Stack, fake_api: FakeAPI, artifacts: pathlib.Path) -> Iterator[Operator]:
+    crd = ROOT / "crds" / "avatarsessions.avatar-operator.dev.yaml"
+    stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    stack.kubectl("wait", "--for=condition=Established", "-f", str(crd))
+    op = Operator(stack, fake_api, artifacts / "operator.log")
+    yield op
+    op.stop()
+
+
+def secret_manifest(name: str, data: dict[str, str]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+    )
+
+
+@pytest.fixture
+def credentials(stack: Stack, namespace: str) -> str:
+    """The default-named LiveKit and bitHuman Secrets in the test's namespace."""
+    stack.kubectl(
+        "apply", "-n", namespace, "-f", "-",
+        input=secret_manifest("livekit-credentials", {"LIVEKIT_API_KEY": stack.livekit_api_key, "LIVEKIT_API_SECRET": stack.livekit_api_secret}),
+    )
+    stack.kubectl("apply", "-n", namespace, "-f", "-", input=secret_manifest("bithuman-credentials", {"BITHUMAN_API_SECRET": BITHUMAN_SECRET}))
+    return namespace
+
+
+@pytest.fixture
+def model_claim(stack: Stack, credentials: str) -> Iterator[str]:
+    """A bound PersistentVolumeClaim `models` in the test's namespace, as a model store would be."""
+    ns = credentials
+    pv = f"models-{ns}"
+    stack.kubectl(
+        "apply", "-f", "-",
+        input=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                "hostPath": {"path": "/var/lib/avatar-models"},
+                "claimRef": {"namespace": ns, "name": "models"},
+            },
+        }),
+    )
+    stack.kubectl(
+        "apply", "-n", ns, "-f", "-",
+        input=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
+            "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv, "resources": {"requests": {"storage": "1Gi"}}},
+        }),
+    )
+    wait_for("the model claim Bound", lambda: get_json(stack, "pvc", "models", "-n", ns)["status"].get("phase") == "Bound")
+    yield ns
+    stack.kubectl("delete", "pv", pv, "--wait=false", check=False)
+
+
+def get_json(stack: Stack, *args: str) -> Any:
+    return json.loads(stack.kubectl("get", *args, "-o", "json").stdout)
+
+
+def wait_for(what: str, check: Any, timeout: float = 60.0, interval: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

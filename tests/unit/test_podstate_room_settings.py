@@ -1,0 +1,69 @@
+"""Pure pieces of the reconcile loop: pod state, room view, settings."""
+
+from __future__ import annotations
+
+from livekit.protocol import models
+
+from avatar_operator import podstate, room, settings
+
+
+def test_unschedulable_pod_carries_the_schedulers_message() -> None:
+    pod = {
+        "spec": {},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+            ],
+        },
+    }
+    st = podstate.read(pod)
+    assert st.phase == "Pending" and st.node is None
+    assert st.unschedulable == "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+
+
+def test_scheduled_pod_names_its_node() -> None:
+    st = podstate.read({"spec": {"nodeName": "kwok-gpu-0"}, "status": {"phase": "Running"}})
+    assert st == podstate.PodState(phase="Running", node="kwok-gpu-0", unschedulable=None, exit_reason=None)
+
+
+def test_failed_runner_shows_its_termination_message() -> None:
+    pod = {
+        "spec": {"nodeName": "n"},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": "runner", "state": {"terminated": {"reason": "Error", "exitCode": 3, "message": "renderer refused: NotAuthorised: bad key\n"}}}
+            ],
+        },
+    }
+    assert podstate.read(pod).exit_reason == "Error (exit code 3): renderer refused: NotAuthorised: bad key"
+
+
+def test_room_view_ready_only_with_a_published_video_track() -> None:
+    video = models.TrackInfo(type=models.TrackType.VIDEO)
+    audio = models.TrackInfo(type=models.TrackType.AUDIO)
+    avatar = models.ParticipantInfo(identity="bithuman-avatar-agent", tracks=[audio])
+    agent = models.ParticipantInfo(identity="agent")
+    v = room.view([avatar, agent], "bithuman-avatar-agent", "agent")
+    assert v.avatar_present and v.agent_present and not v.avatar_publishing_video
+    avatar.tracks.append(video)
+    assert room.view([avatar], "bithuman-avatar-agent", "agent").avatar_publishing_video
+    muted = models.ParticipantInfo(identity="a", tracks=[models.TrackInfo(type=models.TrackType.VIDEO, muted=True)])
+    assert not room.view([muted], "a", "agent").avatar_publishing_video
+
+
+def test_room_service_url_from_signalling_url() -> None:
+    assert room.http_url("wss://lk.example.com") == "https://lk.example.com"
+    assert room.http_url("ws://127.0.0.1:7880") == "http://127.0.0.1:7880"
+
+
+def test_settings_from_env() -> None:
+    s = settings.Settings.from_env(
+        {"AVATAR_NAMESPACES": "a, b c", "AVATAR_RUNNER_LAUNCHER": "process", "LIVEKIT_API_SECRET": "hidden", "AVATAR_TOKEN_TTL_MARGIN": "60"}
+    )
+    assert s.namespaces == ("a", "b", "c")
+    assert s.launcher is settings.Launcher.PROCESS
+    assert s.token_ttl_margin_s == 60.0
+    assert "hidden" not in repr(s)  # credentials stay out of logs that print settings
+    assert settings.Settings.from_env({}).bithuman_api_url == settings.DEFAULT_BITHUMAN_API_URL

@@ -1,0 +1,168 @@
+"""The runner's environment contract and how it reports its end."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from avatar_runner.config import (
+    DEFAULT_TERMINATION_LOG,
+    ConfigError,
+    RendererKind,
+    parse_config,
+)
+from avatar_runner.exits import Outcome, ExitCode, write_termination_log
+
+BASE = {
+    "LIVEKIT_URL": "ws://livekit:7880",
+    "LIVEKIT_TOKEN": "room-token",
+    "AGENT_IDENTITY": "agent-1",
+    "AVATAR_RENDERER": "portrait",
+}
+BITHUMAN = {**BASE, "AVATAR_RENDERER": "bithuman", "BITHUMAN_MODEL_PATH": "/models/a.imx"}
+
+
+def no_files(path: str) -> str:
+    raise AssertionError(f"unexpected read of {path}")
+
+
+def test_portrait_defaults() -> None:
+    config = parse_config(BASE, no_files)
+    assert config.livekit_url == "ws://livekit:7880"
+    assert config.livekit_token == "room-token"
+    assert config.agent_identity == "agent-1"
+    assert config.renderer is RendererKind.PORTRAIT
+    assert config.bithuman is None
+    assert config.image_file is None
+    assert config.fps == 25.0
+    assert config.max_duration_s is None
+    assert config.health_port == 8080
+    assert config.termination_log == DEFAULT_TERMINATION_LOG
+
+
+def test_all_optional_values() -> None:
+    config = parse_config(
+        {
+            **BASE,
+            "AVATAR_RENDERER": "PORTRAIT",
+            "AVATAR_IMAGE_FILE": "/img/face.png",
+            "AVATAR_FPS": "30",
+            "AVATAR_MAX_DURATION": "90.5",
+            "HEALTH_PORT": "0",
+            "TERMINATION_LOG_PATH": "/tmp/t.log",
+        },
+        no_files,
+    )
+    assert config.renderer is RendererKind.PORTRAIT
+    assert config.image_file == "/img/face.png"
+    assert config.fps == 30.0
+    assert config.max_duration_s == 90.5
+    assert config.health_port == 0
+    assert config.termination_log == "/tmp/t.log"
+
+
+def test_token_from_file(tmp_path: pathlib.Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("  file-token\n")
+    env = {**BASE, "LIVEKIT_TOKEN": "", "LIVEKIT_TOKEN_FILE": str(token_file)}
+    assert parse_config(env).livekit_token == "file-token"
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"LIVEKIT_URL": ""}, ["LIVEKIT_URL"]),
+        ({"LIVEKIT_URL": "livekit:7880"}, ["LIVEKIT_URL", "ws://"]),
+        ({"LIVEKIT_TOKEN": "  "}, ["LIVEKIT_TOKEN", "LIVEKIT_TOKEN_FILE"]),
+        ({"LIVEKIT_TOKEN_FILE": "/run/token"}, ["only one", "LIVEKIT_TOKEN_FILE"]),
+        ({"AGENT_IDENTITY": ""}, ["AGENT_IDENTITY"]),
+        ({"AVATAR_RENDERER": ""}, ["AVATAR_RENDERER", "portrait", "bithuman"]),
+        ({"AVATAR_RENDERER": "unreal"}, ["AVATAR_RENDERER", "'unreal'"]),
+        ({"AVATAR_FPS": "fast"}, ["AVATAR_FPS"]),
+        ({"AVATAR_FPS": "0"}, ["AVATAR_FPS", "between 1 and 60"]),
+        ({"AVATAR_FPS": "61"}, ["AVATAR_FPS"]),
+        ({"AVATAR_FPS": "nan"}, ["AVATAR_FPS"]),
+        ({"AVATAR_MAX_DURATION": "0"}, ["AVATAR_MAX_DURATION", "> 0"]),
+        ({"AVATAR_MAX_DURATION": "1h"}, ["AVATAR_MAX_DURATION", "seconds"]),
+        ({"AVATAR_MAX_DURATION": "inf"}, ["AVATAR_MAX_DURATION"]),
+        ({"HEALTH_PORT": "http"}, ["HEALTH_PORT"]),
+        ({"HEALTH_PORT": "65536"}, ["HEALTH_PORT", "0 (disabled)"]),
+    ],
+)
+def test_invalid_values_name_the_variable(change: dict[str, str], names: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({**BASE, **change}, no_files)
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_unreadable_token_file_is_named(tmp_path: pathlib.Path) -> None:
+    env = {**BASE, "LIVEKIT_TOKEN": "", "LIVEKIT_TOKEN_FILE": str(tmp_path / "missing")}
+    with pytest.raises(ConfigError, match="LIVEKIT_TOKEN_FILE .*missing.* cannot be read"):
+        parse_config(env)
+
+
+def test_empty_token_file_is_refused(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "token").write_text("\n")
+    env = {**BASE, "LIVEKIT_TOKEN": "", "LIVEKIT_TOKEN_FILE": str(tmp_path / "token")}
+    with pytest.raises(ConfigError, match="is empty"):
+        parse_config(env)
+
+
+@pytest.mark.parametrize(
+    ("credentials", "secret", "token"),
+    [
+        ({"BITHUMAN_API_SECRET": "s3cret"}, "s3cret", None),
+        ({"BITHUMAN_API_TOKEN": "t0ken"}, None, "t0ken"),
+        ({"BITHUMAN_API_SECRET": "s3cret", "BITHUMAN_API_TOKEN": "t0ken"}, "s3cret", "t0ken"),
+    ],
+)
+def test_bithuman_takes_a_secret_or_a_token(
+    credentials: dict[str, str], secret: str | None, token: str | None
+) -> None:
+    config = parse_config({**BITHUMAN, **credentials}, no_files)
+    assert config.renderer is RendererKind.BITHUMAN
+    assert config.bithuman is not None
+    assert config.bithuman.model_path == "/models/a.imx"
+    assert (config.bithuman.api_secret, config.bithuman.api_token) == (secret, token)
+
+
+def test_bithuman_needs_a_credential() -> None:
+    with pytest.raises(ConfigError, match="BITHUMAN_API_SECRET or BITHUMAN_API_TOKEN"):
+        parse_config(BITHUMAN, no_files)
+
+
+def test_bithuman_needs_a_model() -> None:
+    env = {**BITHUMAN, "BITHUMAN_MODEL_PATH": "", "BITHUMAN_API_SECRET": "s"}
+    with pytest.raises(ConfigError, match="BITHUMAN_MODEL_PATH"):
+        parse_config(env, no_files)
+
+
+def test_portrait_ignores_bithuman_variables() -> None:
+    config = parse_config({**BASE, "BITHUMAN_MODEL_PATH": "/m.imx", "BITHUMAN_API_SECRET": "s"}, no_files)
+    assert config.bithuman is None
+
+
+def test_repr_hides_credentials() -> None:
+    config = parse_config({**BITHUMAN, "BITHUMAN_API_SECRET": "s3cret-value", "BITHUMAN_API_TOKEN": "t0ken-value"})
+    shown = repr(config)
+    assert "/models/a.imx" in shown
+    for secret in ("room-token", "s3cret-value", "t0ken-value"):
+        assert secret not in shown
+
+
+def test_outcome_reason_is_one_line() -> None:
+    outcome = Outcome(ExitCode.RENDERER_FAILED, "first line\n  second\tline ")
+    assert outcome.reason == "first line second line"
+
+
+def test_termination_log_written_only_where_kubernetes_created_it(tmp_path: pathlib.Path) -> None:
+    created = tmp_path / "termination-log"
+    created.write_text("")
+    write_termination_log(str(created), "agent left")
+    assert created.read_text() == "agent left\n"
+
+    absent = tmp_path / "absent"
+    write_termination_log(str(absent), "agent left")
+    assert not absent.exists()
