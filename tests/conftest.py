@@ -20,6 +20,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STACK_DIR = pathlib.Path(os.environ.get("AVATAR_STACK_DIR", ROOT / ".stack"))
+# Namespaces of this pytest run start with this prefix: an operator started by
+# this run watches only them, so two runs on one stack never act on each other.
+RUN_PREFIX = f"t{uuid.uuid4().hex[:4]}-"
 
 
 def _read_env(path: pathlib.Path) -> dict[str, str]:
@@ -103,7 +106,7 @@ def stack() -> Stack:
 @pytest.fixture
 def namespace(stack: Stack) -> Iterator[str]:
     """A fresh namespace per test, enforcing the `restricted` Pod Security Standard."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
+    name = f"{RUN_PREFIX}{uuid.uuid4().hex[:10]}"
     stack.kubectl("create", "namespace", name)
     stack.kubectl(
         "label",

@@ -16,7 +16,6 @@ where the plugin would only fail later (an empty avatarId, a relative URL).
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -91,7 +90,7 @@ def is_valid_base64(s: str) -> bool:
         return False
     try:
         return len(base64.b64decode(s_clean)) > 0
-    except (binascii.Error, ValueError):
+    except ValueError:  # binascii.Error is one
         return False
 
 
@@ -114,6 +113,10 @@ BASE64_RE2 = rf"^{WHITESPACE_CLASS}*(?:(?:{_CH}){{4}})*(?:{_CH}){{2}}(?:(?:{_CH}
 
 # An absolute path in a directory other than "/" (any character but "/" in names).
 _MODEL_PATH = r"/[^/].*/[^/]+"
+
+
+# The runner pod mounts its scratch emptyDir at /tmp (manifests.py).
+_IN_TMP = re.compile(r"/tmp/+[^/]+", re.DOTALL)
 
 
 def _model_path_ok(path: str) -> bool:
@@ -161,6 +164,15 @@ RULES: tuple[Rule, ...] = (
         "set: the volume is mounted at that directory",
         check=lambda s: s.model_volume is None or s.model_path is None or _model_path_ok(s.model_path),
         cel=f"!has(self.modelVolume) || !has(self.modelPath) || self.modelPath.matches(r'(?s)^{_MODEL_PATH}$')",
+        scope="spec",
+    ),
+    Rule(
+        id="model-path-not-in-tmp",
+        field="spec.modelPath",
+        message="must not be directly in /tmp when spec.modelVolume is set: the runner's writable scratch "
+        "volume is mounted at /tmp; use another directory, e.g. /models/avatar.imx",
+        check=lambda s: s.model_volume is None or s.model_path is None or not _IN_TMP.fullmatch(s.model_path),
+        cel=f"!has(self.modelVolume) || !has(self.modelPath) || !self.modelPath.matches(r'(?s)^{_IN_TMP.pattern}$')",
         scope="spec",
     ),
     Rule(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Stack
+from tests.conftest import ROOT, RUN_PREFIX, Stack
 
 BITHUMAN_SECRET = "bh-account-secret-" + os.urandom(12).hex()
 BITHUMAN_TOKEN = "bh-api-token-" + os.urandom(12).hex()
@@ -88,7 +88,7 @@ class Operator:
     def start(self) -> None:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "avatar_operator", "run", "--standalone", "--all-namespaces", "--liveness", "http://127.0.0.1:0/healthz"],
+                [sys.executable, "-m", "avatar_operator", "run", "--standalone", "--namespace", f"{RUN_PREFIX}*", "--liveness", "http://127.0.0.1:0/healthz"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,

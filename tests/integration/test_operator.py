@@ -218,6 +218,89 @@ def test_operator_killed_mid_creation_leaves_one_pod_and_one_request(
     assert len([s for s in fake_api.sessions() if s["room_name"] == "room-crash-cloud"]) == 1
 
 
+async def _join_as_cloud_avatar(stack: Stack, token: str) -> rtc.Room:
+    room = rtc.Room()
+    await room.connect(stack.livekit_url, token)
+    source = rtc.VideoSource(32, 32)
+    track = rtc.LocalVideoTrack.create_video_track("avatar", source)
+    await room.local_participant.publish_track(track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA))
+    source.capture_frame(rtc.VideoFrame(32, 32, rtc.VideoBufferType.RGBA, bytes(32 * 32 * 4)))
+    return room
+
+
+async def _participants(stack: Stack, room: str) -> set[str]:
+    lk = api.LiveKitAPI(stack.livekit_url.replace("ws://", "http://"), stack.livekit_api_key, stack.livekit_api_secret)
+    try:
+        listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+        return {p.identity for p in listed.participants}
+    finally:
+        await lk.aclose()
+
+
+def test_max_duration_ends_the_session_and_removes_the_avatar(
+    stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str
+) -> None:
+    ns = credentials
+    _cloud(fake_api, stack, ns, "timed", maxDuration=4)
+    wait_for("accepted", lambda: (c := condition(status(stack, ns, "timed"), "CloudRequestAccepted")) and c["status"] == "True")
+    token = _requests_for(fake_api, "room-timed")[-1]["json"]["livekit_token"]
+
+    async def scenario() -> tuple[dict[str, Any], set[str]]:
+        room = await _join_as_cloud_avatar(stack, token)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                st = await asyncio.to_thread(status, stack, ns, "timed")
+                if st.get("phase") == "Succeeded":
+                    break
+                await asyncio.sleep(0.3)
+            await asyncio.sleep(0.5)
+            return st, await _participants(stack, "room-timed")
+        finally:
+            await room.disconnect()
+
+    st, left = asyncio.run(scenario())
+    assert st["phase"] == "Succeeded", st
+    assert condition(st, "Ready")["reason"] == "MaxDurationReached"  # type: ignore[index]
+    assert "bithuman-avatar-agent" not in left  # the operator removed the avatar from the room
+
+
+def test_deleting_a_cloud_session_removes_its_avatar_from_the_room(
+    stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str
+) -> None:
+    ns = credentials
+    _cloud(fake_api, stack, ns, "del-cloud")
+    wait_for("accepted", lambda: (c := condition(status(stack, ns, "del-cloud"), "CloudRequestAccepted")) and c["status"] == "True")
+    token = _requests_for(fake_api, "room-del-cloud")[-1]["json"]["livekit_token"]
+
+    async def scenario() -> set[str]:
+        room = await _join_as_cloud_avatar(stack, token)
+        try:
+            await asyncio.to_thread(
+                wait_for, "Ready", lambda: (condition(status(stack, ns, "del-cloud"), "Ready") or {}).get("status") == "True"
+            )
+            await asyncio.to_thread(stack.kubectl, "delete", "avatarsession", "del-cloud", "-n", ns, "--timeout=60s")
+            await asyncio.sleep(0.5)
+            return await _participants(stack, "room-del-cloud")
+        finally:
+            await room.disconnect()
+
+    assert "bithuman-avatar-agent" not in asyncio.run(scenario())
+
+
+def test_deletion_lets_go_when_livekit_is_unreachable(stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str) -> None:
+    ns = credentials
+    # Nothing listens on port 9 (discard) here: LiveKit is unreachable for this session.
+    _cloud(fake_api, stack, ns, "lk-down", livekit={"url": "ws://127.0.0.1:9"})
+    wait_for("accepted", lambda: (c := condition(status(stack, ns, "lk-down"), "CloudRequestAccepted")) and c["status"] == "True")
+    wait_for("Ready False: LiveKit unreachable", lambda: (condition(status(stack, ns, "lk-down"), "Ready") or {}).get("reason") == "LiveKitUnreachable")
+    t0 = time.monotonic()
+    stack.kubectl("delete", "avatarsession", "lk-down", "-n", ns, "--timeout=60s")
+    assert time.monotonic() - t0 < 30
+    warnings = [e for e in events(stack, ns, "lk-down") if e["type"] == "Warning" and e["reason"] == "CleanupIncomplete"]
+    assert warnings and "could not remove avatar" in warnings[0]["message"]
+
+
 def test_no_secret_in_status_events_tokens_or_logs(stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str) -> None:
     """Runs last in this module: scans everything the tests above left behind."""
     ns = credentials

@@ -45,6 +45,7 @@ RULE_CASES: dict[str, list[dict[str, Any]]] = {
         {**LOCAL, "modelPath": path, "modelVolume": PVC}
         for path in ("avatar.imx", "/avatar.imx", "/models/", "//models/avatar.imx", "models/avatar.imx")
     ],
+    "model-path-not-in-tmp": [{**LOCAL, "modelPath": "/tmp/avatar.imx", "modelVolume": PVC}],
     "model-volume-no-host-path": [{**LOCAL, "modelVolume": {"hostPath": {"path": "/srv/models"}}}],
     "model-volume-one-source": [
         {**LOCAL, "modelVolume": {}},
