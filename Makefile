@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries stack-up stack-down stack-status crd unit integration test typecheck clean
+.PHONY: help venv binaries stack-up stack-down stack-status crd unit integration test typecheck demo clean
 
 help:
 	@echo "make venv          virtualenv in .venv with the project and its test tools"
@@ -16,6 +16,7 @@ help:
 	@echo "make crd           regenerate crds/ from the models"
 	@echo "make test          venv + stack-up + unit, integration and e2e tests + stack-down"
 	@echo "make typecheck     mypy --strict"
+	@echo "make demo          stack-up + operator + demo session and agent; saves demo-output/"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +60,12 @@ test: $(STAMP)
 	fi; \
 	if [ "$${KEEP_STACK:-0}" != 1 ]; then $(MAKE) --no-print-directory stack-down; fi; \
 	exit $$status
+
+# Pending -> Ready on the local stack, recorded to demo-output/. Leaves the
+# stack, operator, runner and agent running; `make stack-down` stops them.
+demo: $(STAMP)
+	$(MAKE) --no-print-directory stack-up
+	$(PY) hack/demo.py
 
 clean: stack-down
 	rm -rf .stack

@@ -35,6 +35,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    if memo.settings.launcher == settings_mod.Launcher.PROCESS:
+        from avatar_operator import process_launcher  # dev only: needs the runner package
+
+        # Local runner processes live no longer than the operator that started them.
+        process_launcher.stop_all()
     await memo.http.close()
 
 

@@ -79,3 +79,10 @@ def stop(ref: manifests.SessionRef) -> None:
     task = _watchers.pop(key, None)
     if task is not None:
         task.cancel()
+
+
+def stop_all() -> None:
+    """Stops every runner this operator started (operator shutdown)."""
+    for key in list(_watchers):
+        _launcher.stop(key)
+        _watchers.pop(key).cancel()
