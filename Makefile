@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries stack-up stack-down stack-status crd unit integration test typecheck demo clean
+.PHONY: help venv binaries stack-up stack-down stack-status crd chart-lint images unit integration test typecheck demo clean
 
 help:
 	@echo "make venv          virtualenv in .venv with the project and its test tools"
@@ -40,6 +40,15 @@ stack-status:
 
 crd: $(STAMP)
 	$(PY) -m avatar_operator.crd --write
+	bash hack/sync-chart-crds.sh
+
+chart-lint: binaries
+	.stack/bin/helm lint --strict charts/avatar-operator
+
+# Needs a Docker engine (none on the development machines here).
+images:
+	docker build --target operator -t avatar-operator:dev .
+	docker build --target runner -t avatar-operator-runner:dev .
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)

@@ -118,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
     run.add_argument("--standalone", action="store_true", help="no peering: assume no other operator instance runs")
     run.add_argument("--peering", help="the peering object's name (default: avatar-operator)")
+    run.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority; the highest live replica works, the rest wait (default: random, so replicas differ)",
+    )
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL (default: %(default)s)")
     run.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
     run.add_argument("--log-format", choices=("plain", "json"), default="plain", help="log line format")

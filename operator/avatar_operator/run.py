@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 
 import kopf
 
@@ -35,6 +36,9 @@ def main(args: argparse.Namespace) -> int:
         # A named peering is mandatory in kopf (it waits for the peering CRD);
         # unnamed, kopf peers when the CRD exists and runs alone otherwise.
         peering_name=None if getattr(args, "standalone", False) else getattr(args, "peering", None),
+        # kopf pauses every replica that sees a live peer of equal priority:
+        # distinct priorities let exactly one work and the next take over.
+        priority=getattr(args, "priority", None) if getattr(args, "priority", None) is not None else random.randint(1, 1_000_000),
         liveness_endpoint=getattr(args, "liveness", None),
         memo=kopf.Memo(settings=settings),
     )

@@ -1,0 +1,345 @@
+"""The Helm chart against the real stack: lint, strict schema validation, install, RBAC as granted.
+
+kubeconform's schemas come from this API server (tests/integration/kubeconform_schemas.py):
+there is no internet to download them, and they describe the cluster the chart
+is installed on. The install goes into avatar-system, which enforces the
+`restricted` Pod Security Standard, so the operator pod must be admitted by it;
+kwok then marks it Running and Ready (no container runs). Helm never deletes
+the CRDs it installed from crds/; they stay for the other suites, which use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, Stack
+from tests.integration import kubeconform_schemas
+
+pytestmark = pytest.mark.stack
+
+CHART = ROOT / "charts" / "avatar-operator"
+RELEASE_NAMESPACE = "avatar-system"
+
+# Rendered variants: both modes, each alone and with peering, with the ServiceMonitor on and off.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "namespaced": (),
+    "namespaced-peering": ("watchNamespaces={a,b}", "replicaCount=2"),
+    "cluster": ("clusterWide=true",),
+    "cluster-peering": ("clusterWide=true", "replicaCount=2"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Tools:
+    stack: Stack
+    helm: pathlib.Path
+    kubeconform: pathlib.Path
+
+    def run(self, tool: pathlib.Path, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(tool), *args], input=input, capture_output=True, text=True, env=self.stack.process_env(), timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{tool.name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def helm_(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.run(self.helm, *args, check=check, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tools(stack: Stack) -> Tools:
+    helm, kubeconform = stack.bin_dir / "helm", stack.bin_dir / "kubeconform"
+    missing = [p.name for p in (helm, kubeconform) if not p.exists()]
+    if missing:
+        message = f"{', '.join(missing)} not in {stack.bin_dir}: run `bash hack/build-binaries.sh`"
+        if os.environ.get("AVATAR_REQUIRE_STACK") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return Tools(stack, helm, kubeconform)
+
+
+def _sets(values: Sequence[str]) -> list[str]:
+    return [a for v in values for a in ("--set", v)]
+
+
+# --- lint and schema validation ------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_helm_lint_strict(tools: Tools, variant: str) -> None:
+    tools.helm_("lint", "--strict", str(CHART), *_sets(VARIANTS[variant]))
+
+
+@pytest.fixture(scope="module")
+def schema_dir(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """kubeconform's per-kind schemas from the live API server, our CRD files and the ServiceMonitor subset."""
+
+    def get_raw(path: str) -> str:
+        return tools.stack.kubectl("get", "--raw", path).stdout
+
+    schemas = kubeconform_schemas.from_openapi_v3(kubeconform_schemas.fetch_openapi_v3(get_raw))
+    definitions = kubeconform_schemas.definitions_of(schemas)
+    for crd_file in sorted((CHART / "crds").glob("*.yaml")):
+        # From the file, not the cluster: the chart's CRD is what its objects must match.
+        schemas.update(kubeconform_schemas.from_crd(yaml.safe_load(crd_file.read_text()), definitions))
+    schemas.update(kubeconform_schemas.service_monitor(definitions))
+    directory = tmp_path_factory.mktemp("kubeconform-schemas")
+    kubeconform_schemas.write(directory, schemas)
+    return directory
+
+
+def _kubeconform(tools: Tools, schema_dir: pathlib.Path, manifests: str) -> subprocess.CompletedProcess[str]:
+    return tools.run(
+        tools.kubeconform,
+        "-strict",
+        "-summary",
+        "-output", "text",
+        "-schema-location", str(schema_dir / "{{ .ResourceKind }}{{ .KindSuffix }}.json"),
+        "-",
+        input=manifests,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("service_monitor", [False, True], ids=["no-servicemonitor", "servicemonitor"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_chart_passes_kubeconform_strict(tools: Tools, schema_dir: pathlib.Path, variant: str, service_monitor: bool) -> None:
+    values = (*VARIANTS[variant], f"serviceMonitor.enabled={str(service_monitor).lower()}")
+    rendered = tools.helm_("template", "rel", str(CHART), "--namespace", RELEASE_NAMESPACE, "--include-crds", *_sets(values)).stdout
+    kinds = {d["kind"] for d in yaml.safe_load_all(rendered) if d}
+    assert ("ServiceMonitor" in kinds) is service_monitor
+    assert {"CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole"} <= kinds
+    proc = _kubeconform(tools, schema_dir, rendered)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Every object was checked against a schema: none skipped, none without one.
+    assert f"Valid: {len([d for d in yaml.safe_load_all(rendered) if d])}," in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("kind", "document"),
+    [
+        ("Deployment", {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}, "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i", "securityContxt": {}}]}}}}),
+        ("ServiceMonitor", {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "x"},
+                            "spec": {"selector": {}, "endpoints": [{"port": "metrics", "intervall": "30s"}]}}),
+        ("KopfPeering", {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "x"}, "spec": {}}),
+        ("AvatarSession", {"apiVersion": "avatar-operator.dev/v1alpha1", "kind": "AvatarSession", "metadata": {"name": "x"},
+                           "spec": {"room": "r", "agentIdentity": "a", "modelPath": "/m.imx", "romo": 1}}),
+    ],
+)
+def test_generated_schemas_refuse_unknown_fields(tools: Tools, schema_dir: pathlib.Path, kind: str, document: dict[str, Any]) -> None:
+    """The strict check above is only worth something if a misspelt field fails it."""
+    proc = _kubeconform(tools, schema_dir, yaml.safe_dump(document))
+    assert proc.returncode != 0 and "Invalid: 1" in proc.stdout, proc.stdout + proc.stderr
+
+
+# --- install on the stack ---------------------------------------------------
+
+
+def _rules_review(stack: Stack, user: str, namespace: str) -> list[dict[str, Any]]:
+    """The resource rules `user` holds in `namespace` (what `kubectl auth can-i --list` prints)."""
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "spec": {"namespace": namespace}}
+    out = stack.kubectl("create", "--validate=false", "-o", "json", f"--as={user}", "-f", "-", input=json.dumps(review)).stdout
+    return list(json.loads(out)["status"]["resourceRules"])
+
+
+def _can(stack: Stack, user: str, verb: str, resource: str, *where: str) -> bool:
+    proc = stack.kubectl("auth", "can-i", verb, resource, f"--as={user}", *where, check=False)
+    answer = proc.stdout.strip()
+    assert answer in ("yes", "no"), proc.stdout + proc.stderr
+    return answer == "yes"
+
+
+# What the operator and kopf call (see the chart's templates/rbac.yaml): each must be granted where sessions live.
+NEEDED = [
+    ("list", "avatarsessions.avatar-operator.dev", ()),
+    ("watch", "avatarsessions.avatar-operator.dev", ()),
+    ("patch", "avatarsessions.avatar-operator.dev", ()),
+    ("patch", "avatarsessions.avatar-operator.dev", ("--subresource=status",)),
+    ("update", "avatarsessions.avatar-operator.dev", ("--subresource=finalizers",)),
+    ("get", "pods", ()),
+    ("list", "pods", ()),
+    ("watch", "pods", ()),
+    ("create", "pods", ()),
+    ("delete", "pods", ()),
+    ("get", "secrets", ()),
+    ("create", "secrets", ()),
+    ("delete", "secrets", ()),
+    ("get", "configmaps", ()),
+    ("create", "events", ()),
+]
+
+
+@dataclasses.dataclass
+class Release:
+    name: str
+    fullname: str
+    user: str
+
+
+@pytest.fixture
+def install(tools: Tools) -> Iterator[Any]:
+    """Installs the chart under a fresh release name; uninstalls whatever was installed."""
+    installed: list[str] = []
+
+    def do(*values: str) -> Release:
+        name = f"chart-{uuid.uuid4().hex[:8]}"
+        installed.append(name)
+        tools.helm_("install", name, str(CHART), "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "90s", *_sets(values), timeout=120)
+        fullname = f"{name}-avatar-operator"
+        return Release(name, fullname, f"system:serviceaccount:{RELEASE_NAMESPACE}:{fullname}")
+
+    yield do
+    for name in installed:
+        tools.helm_("uninstall", name, "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "60s", check=False)
+
+
+def _assert_running_restricted(stack: Stack, release: Release, replicas: int) -> None:
+    deployment = json.loads(stack.kubectl("get", "deployment", release.fullname, "-n", RELEASE_NAMESPACE, "-o", "json").stdout)
+    assert deployment["status"].get("availableReplicas") == replicas
+    pods = json.loads(stack.kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-l", f"app.kubernetes.io/instance={release.name}", "-o", "json").stdout)["items"]
+    # In a namespace enforcing `restricted`, a pod exists only if admission passed it.
+    assert len(pods) == replicas
+    for pod in pods:
+        assert pod["spec"]["nodeName"].startswith("kwok-")
+        assert pod["status"]["phase"] == "Running"
+    labels = json.loads(stack.kubectl("get", "namespace", RELEASE_NAMESPACE, "-o", "json").stdout)["metadata"]["labels"]
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted"
+    for crd in ("avatarsessions.avatar-operator.dev", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
+        stack.kubectl("get", "crd", crd)
+
+
+def _assert_no_wildcards_no_secret_listing(stack: Stack, user: str, namespaces: Sequence[str]) -> None:
+    for ns in namespaces:
+        for rule in _rules_review(stack, user, ns):
+            assert "*" not in rule["verbs"] + rule["resources"] + rule.get("apiGroups", []), rule
+            if "secrets" in rule["resources"]:
+                assert not {"list", "watch"} & set(rule["verbs"]), rule
+    for verb in ("list", "watch"):
+        assert not _can(stack, user, verb, "secrets", "--all-namespaces")
+        for ns in namespaces:
+            assert not _can(stack, user, verb, "secrets", "-n", ns)
+
+
+def test_namespaced_install_grants_only_the_watched_namespaces(stack: Stack, tools: Tools, install: Any, namespace: str, tmp_path: pathlib.Path) -> None:
+    release = install(f"watchNamespaces={{{namespace}}}", "replicaCount=2")
+    _assert_running_restricted(stack, release, replicas=2)
+    stack.kubectl("get", "kopfpeering", release.fullname, "-n", namespace)
+
+    user = release.user
+    for verb, resource, extra in NEEDED:
+        assert _can(stack, user, verb, resource, "-n", namespace, *extra), f"{verb} {resource} {extra} in {namespace}"
+        # Nothing about sessions, pods or secrets outside the watched namespace.
+        assert not _can(stack, user, verb, resource, "-n", "default", *extra), f"{verb} {resource} {extra} in default"
+        assert not _can(stack, user, verb, resource, "--all-namespaces", *extra), f"{verb} {resource} {extra} cluster-wide"
+    assert _can(stack, user, "watch", "customresourcedefinitions.apiextensions.k8s.io")
+    assert not _can(stack, user, "get", "customresourcedefinitions.apiextensions.k8s.io")
+    assert _can(stack, user, "patch", f"kopfpeerings.kopf.dev/{release.fullname}", "-n", namespace)
+    assert not _can(stack, user, "patch", "kopfpeerings.kopf.dev/someone-else", "-n", namespace)
+    _assert_no_wildcards_no_secret_listing(stack, user, [namespace, "default", RELEASE_NAMESPACE])
+
+    _run_operator_as(stack, release, namespace, tmp_path)
+
+
+def test_cluster_install_grants_secrets_by_name_only(stack: Stack, tools: Tools, install: Any) -> None:
+    release = install("clusterWide=true")
+    _assert_running_restricted(stack, release, replicas=1)
+    user = release.user
+    for verb, resource, extra in NEEDED:
+        assert _can(stack, user, verb, resource, "--all-namespaces", *extra), f"{verb} {resource} {extra} cluster-wide"
+    assert not _can(stack, user, "list", "namespaces")  # kopf needs no namespace listing in cluster mode
+    assert not _can(stack, user, "patch", "clusterkopfpeerings.kopf.dev")  # standalone: no peering rights
+    _assert_no_wildcards_no_secret_listing(stack, user, ["default", RELEASE_NAMESPACE])
+
+
+def test_uninstall_removes_the_grants(stack: Stack, tools: Tools, install: Any, namespace: str) -> None:
+    release = install(f"watchNamespaces={{{namespace}}}")
+    assert _can(stack, release.user, "get", "secrets", "-n", namespace)
+    tools.helm_("uninstall", release.name, "--namespace", RELEASE_NAMESPACE, "--wait")
+    assert stack.kubectl("get", "clusterrole", release.fullname, check=False).returncode != 0
+    assert stack.kubectl("get", "role", release.fullname, "-n", namespace, check=False).returncode != 0
+    assert not _can(stack, release.user, "get", "secrets", "-n", namespace)
+
+
+# --- the operator itself, with only the chart's grants ------------------------
+
+
+def _kubeconfig_for(stack: Stack, release: Release, path: pathlib.Path) -> pathlib.Path:
+    """A kubeconfig that authenticates as the release's ServiceAccount (a short-lived token)."""
+    token = stack.kubectl("create", "token", release.fullname, "-n", RELEASE_NAMESPACE, "--duration=10m").stdout.strip()
+    admin = yaml.safe_load(pathlib.Path(stack.kubeconfig).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}],
+        "current-context": "operator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def _run_operator_as(stack: Stack, release: Release, namespace: str, tmp_path: pathlib.Path) -> None:
+    """`avatar-operator run` with the chart's command line and only the chart's RBAC: kopf starts without a 403.
+
+    Namespaced mode only: in cluster mode this process would serve every
+    namespace, other tests' sessions included. Its watched namespace is the
+    test's own, empty one, so it handles nothing; what this proves is that
+    discovery, the CRD and namespace observers, the AvatarSession and Pod
+    watch-streams and the peering keep-alives are all allowed."""
+    env = stack.process_env()
+    env["KUBECONFIG"] = str(_kubeconfig_for(stack, release, tmp_path / "operator.kubeconfig"))
+    env["POD_ID"] = f"{release.fullname}-test"
+    for key in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        env.pop(key, None)
+    log = tmp_path / "operator.log"
+    args = [sys.executable, "-m", "avatar_operator", "run", f"--namespace={namespace}", f"--peering={release.fullname}",
+            "--liveness=http://127.0.0.1:0/healthz", "--verbose"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wanted = [
+            f"Keep-alive in '{release.fullname}' in '{namespace}': ok",
+            f"Starting the watch-stream for avatarsessions.v1alpha1.avatar-operator.dev in '{namespace}'",
+            f"Starting the watch-stream for pods.v1 in '{namespace}'",
+            "Starting the watch-stream for customresourcedefinitions.v1.apiextensions.k8s.io cluster-wide",
+            "Starting the watch-stream for namespaces.v1 cluster-wide",
+        ]
+        deadline = time.monotonic() + 45
+        text = ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = log.read_text(errors="replace")
+            if all(w in text for w in wanted):
+                break
+            time.sleep(0.3)
+        time.sleep(2)  # let a failing first list/watch, if any, reach the log
+        text = log.read_text(errors="replace")
+        missing = [w for w in wanted if w not in text]
+        assert not missing, f"not seen in the operator's log: {missing}\n{text[-4000:]}"
+        denied = [line for line in text.splitlines() if "403" in line or "Forbidden" in line or "Not enough permissions" in line]
+        assert not denied, "\n".join(denied)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
