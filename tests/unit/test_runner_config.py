@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pathlib
 
+import bithuman
 import pytest
+from livekit import rtc
 
 from avatar_runner.config import (
     DEFAULT_TERMINATION_LOG,
@@ -12,7 +14,9 @@ from avatar_runner.config import (
     RendererKind,
     parse_config,
 )
-from avatar_runner.exits import Outcome, ExitCode, write_termination_log
+from avatar_runner.exits import ExitCode, Outcome, write_termination_log
+from avatar_runner.renderers.bithuman import refusal
+from avatar_runner.session import connect_failure, disconnect_outcome
 
 BASE = {
     "LIVEKIT_URL": "ws://livekit:7880",
@@ -166,3 +170,66 @@ def test_termination_log_written_only_where_kubernetes_created_it(tmp_path: path
     absent = tmp_path / "absent"
     write_termination_log(str(absent), "agent left")
     assert not absent.exists()
+
+
+def test_reasons_never_carry_a_token() -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhdmF0YXIifQ.c2lnbmF0dXJl"
+    outcome = Outcome(ExitCode.TOKEN_REJECTED, f"401 Unauthorized - invalid token: {jwt}, error: bad")
+    assert outcome.reason == "401 Unauthorized - invalid token: <token>, error: bad"
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "start"),
+    [
+        (bithuman.ModelNotFoundError("Essence model not found: /m.imx"), ExitCode.AVATAR_INVALID,
+         "bitHuman refused the avatar model: [model_not_found]"),
+        (bithuman.InvalidAvatar("not an avatar"), ExitCode.AVATAR_INVALID, "bitHuman refused the avatar model"),
+        (bithuman.TokenExpiredError("expired"), ExitCode.RENDERER_NOT_AUTHORISED, "bitHuman refused the credential"),
+        (bithuman.AccountStatusError("402"), ExitCode.RENDERER_NOT_AUTHORISED, "bitHuman refused the credential"),
+        (bithuman.NotAuthorised("no credit"), ExitCode.RENDERER_NOT_AUTHORISED, "bitHuman refused the credential"),
+        (bithuman.BithumanError("AsyncAvatar.create: api_secret is required."), ExitCode.RENDERER_NOT_AUTHORISED,
+         "bitHuman refused the credential"),
+        (bithuman.TokenRequestError("503"), ExitCode.RENDERER_UNAVAILABLE, "bitHuman could not issue a token"),
+        (bithuman.NotSupported("needs a GPU"), ExitCode.RENDERER_UNAVAILABLE, "bitHuman cannot run this avatar here"),
+        (RuntimeError("auth_authenticate: curl_easy_perform: Couldn't resolve host name"),
+         ExitCode.RENDERER_UNAVAILABLE, "bitHuman authentication service unreachable"),
+        (RuntimeError("auth_authenticate: HTTP 401"), ExitCode.RENDERER_NOT_AUTHORISED,
+         "bitHuman refused the credential"),
+        (bithuman.Failed("try again"), ExitCode.RENDERER_FAILED, "bitHuman failed: Failed: try again"),
+        (ValueError("boom"), ExitCode.RENDERER_FAILED, "bitHuman failed: ValueError: boom"),
+    ],
+)
+def test_bithuman_refusals_map_to_exit_codes(error: Exception, code: ExitCode, start: str) -> None:
+    outcome = refusal(error).outcome
+    assert outcome.code is code
+    assert outcome.reason.startswith(start)
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        (rtc.DisconnectReason.ROOM_DELETED, ExitCode.OK),
+        (rtc.DisconnectReason.ROOM_CLOSED, ExitCode.OK),
+        (rtc.DisconnectReason.PARTICIPANT_REMOVED, ExitCode.OK),
+        (rtc.DisconnectReason.SERVER_SHUTDOWN, ExitCode.OK),
+        (rtc.DisconnectReason.DUPLICATE_IDENTITY, ExitCode.OK),
+        (rtc.DisconnectReason.SIGNAL_CLOSE, ExitCode.ROOM_UNREACHABLE),
+        (rtc.DisconnectReason.CONNECTION_TIMEOUT, ExitCode.ROOM_UNREACHABLE),
+    ],
+)
+def test_server_ends_the_session_but_a_lost_connection_fails_it(
+    reason: rtc.DisconnectReason.ValueType, code: ExitCode
+) -> None:
+    outcome = disconnect_outcome(reason)
+    assert outcome.code is code
+    if code is ExitCode.ROOM_UNREACHABLE:
+        assert rtc.DisconnectReason.Name(reason) in outcome.reason
+
+
+def test_connect_failures_tell_a_rejected_token_from_an_unreachable_server() -> None:
+    rejected = connect_failure("engine: signal failure: client error: 401 Unauthorized - invalid authorization token")
+    unreachable = connect_failure(
+        "engine: signal failure: transport connection error: IO error: Connection refused (os error 111)"
+    )
+    assert rejected.outcome.code is ExitCode.TOKEN_REJECTED
+    assert unreachable.outcome.code is ExitCode.ROOM_UNREACHABLE

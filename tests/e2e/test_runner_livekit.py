@@ -1,0 +1,432 @@
+"""The runner as a process against a real livekit-server.
+
+A demo agent speaks into the room through the LiveKit Agents avatar protocol,
+the runner (built-in portrait renderer) renders it, and a third participant
+watches: frame rate, the mouth on the received pixels, the publish-on-behalf
+attribution, the interruption and the runner's exit are measured on what
+really crossed the server. The figures are printed (run with -s).
+
+The bitHuman refusals need no LiveKit: the SDK refuses before the runner
+joins a room, and those tests run everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import math
+import pathlib
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from livekit import api, rtc
+
+from avatar_operator.tokens import ATTRIBUTE_PUBLISH_ON_BEHALF, avatar_token
+from avatar_runner.exits import ExitCode
+from avatar_runner.launcher import ProcessStatus, RunnerLauncher
+from avatar_runner.renderers.portrait import DRAWN_FACE, SIZE
+from tests.conftest import Stack
+
+AGENT = "agent-1"
+AVATAR = "bithuman-avatar-agent"
+FPS = 25.0
+SPEECH_S = 4.0
+INTERRUPT_AFTER_S = 1.5
+SILENCE_DBFS = -50.0  # quieter than this, a received 10 ms audio frame counts as silent
+MOUTH_OPEN = 0.05  # share of dark pixels in the mouth region of an open mouth
+STARTUP_TIMEOUT_S = 90.0  # the runner imports its media stack on a shared CPU
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def participant_token(stack: Stack, room: str, identity: str, *, agent: bool = False) -> str:
+    token = (
+        api.AccessToken(stack.livekit_api_key, stack.livekit_api_secret)
+        .with_identity(identity)
+        .with_grants(api.VideoGrants(room_join=True, room=room))
+    )
+    return (token.with_kind("agent") if agent else token).to_jwt()
+
+
+def runner_token(stack: Stack, room: str, *, secret: str | None = None) -> str:
+    return avatar_token(
+        api_key=stack.livekit_api_key,
+        api_secret=secret or stack.livekit_api_secret,
+        room=room,
+        identity=AVATAR,
+        name="Avatar",
+        agent_identity=AGENT,
+        ttl=datetime.timedelta(minutes=10),
+    )
+
+
+def mouth_darkness(frame: rtc.VideoFrame) -> float:
+    """Share of dark pixels in the middle of the drawn face's mouth, at any received size.
+
+    Read on the luma plane of the decoded I420 frame: converting every frame
+    to RGB costs the viewer enough CPU here to drop frames it then miscounts.
+    """
+    if frame.type != rtc.VideoBufferType.I420:
+        frame = frame.convert(rtc.VideoBufferType.I420)
+    luma = np.frombuffer(frame.data, dtype=np.uint8, count=frame.width * frame.height)
+    luma = luma.reshape(frame.height, frame.width)
+    scale = frame.width / SIZE
+    cx, cy = DRAWN_FACE.mouth_center
+    half_w, half_h = DRAWN_FACE.mouth_width * 0.3, DRAWN_FACE.mouth_max_height / 2 + 4
+    region = luma[
+        round((cy - half_h) * scale):round((cy + half_h) * scale),
+        round((cx - half_w) * scale):round((cx + half_w) * scale),
+    ]
+    return float(np.mean(region < 70))
+
+
+@dataclasses.dataclass
+class Viewer:
+    """A participant watching the avatar: what it received, when."""
+
+    room: rtc.Room = dataclasses.field(default_factory=rtc.Room)
+    video: list[tuple[float, int, float]] = dataclasses.field(default_factory=list)  # t, width, mouth
+    audio: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # t, dBFS
+    publishers: set[str] = dataclasses.field(default_factory=set)
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+
+    async def join(self, url: str, token: str) -> None:
+        self.room.on("track_subscribed", self._on_track)
+        await self.room.connect(url, token)
+
+    def _on_track(self, track: rtc.Track, _: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant) -> None:
+        self.publishers.add(who.identity)
+        consume = self._watch(track) if track.kind == rtc.TrackKind.KIND_VIDEO else self._listen(track)
+        self.tasks.append(asyncio.create_task(consume))
+
+    async def _watch(self, track: rtc.Track) -> None:
+        async for event in rtc.VideoStream(track):
+            frame = event.frame
+            # The first frames of a simulcast layer can be tiny placeholders.
+            mouth = mouth_darkness(frame) if frame.width >= 128 else math.nan
+            self.video.append((time.time(), frame.width, mouth))
+
+    async def _listen(self, track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track):
+            samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+            rms = math.sqrt(float(np.mean(samples**2))) / 32768 if samples.size else 0.0
+            self.audio.append((time.time(), 20 * math.log10(rms) if rms > 0 else -math.inf))
+
+    async def leave(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.room.disconnect()
+
+    def frames_between(self, start: float, end: float) -> list[tuple[float, int, float]]:
+        return [f for f in self.video if start <= f[0] <= end]
+
+
+async def agent_events(process: asyncio.subprocess.Process) -> AsyncIterator[dict[str, Any]]:
+    assert process.stdout is not None
+    async for line in process.stdout:
+        yield json.loads(line)
+
+
+async def wait_exit(launcher: RunnerLauncher, key: str, timeout: float) -> ProcessStatus:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = launcher.status(key)
+        assert status is not None
+        if not status.running or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.1)
+
+
+async def wait_http(url: str, launcher: RunnerLauncher, key: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            assert launcher.is_running(key), f"runner exited: {launcher.status(key)}"
+            try:
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{url} did not answer in {STARTUP_TIMEOUT_S} s")
+
+
+async def http_get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        return response.status, await response.text()
+
+
+def metric(page: str, name: str) -> float:
+    for line in page.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.stack
+async def test_avatar_renders_the_agents_speech(stack: Stack, tmp_path: pathlib.Path) -> None:
+    room = f"e2e-{uuid.uuid4().hex[:8]}"
+    token_file = tmp_path / "avatar-token"
+    token_file.write_text(runner_token(stack, room))
+    port = free_port()
+    launcher = RunnerLauncher(tmp_path / "runners")
+    launched_at = time.time()
+    launcher.start(
+        "session",
+        {
+            "LIVEKIT_URL": stack.livekit_url,
+            "LIVEKIT_TOKEN_FILE": str(token_file),
+            "AGENT_IDENTITY": AGENT,
+            "AVATAR_RENDERER": "portrait",
+            "HEALTH_PORT": str(port),
+        },
+    )
+    viewer = Viewer()
+    agent: asyncio.subprocess.Process | None = None
+    try:
+        await viewer.join(stack.livekit_url, participant_token(stack, room, "viewer"))
+        await wait_http(f"http://127.0.0.1:{port}/healthz", launcher, "session")
+        # Alive but not ready: no agent, so no frame yet.
+        assert (await http_get(f"http://127.0.0.1:{port}/readyz"))[0] == 503
+
+        agent = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "avatar_runner.demo_agent",
+            "--url", stack.livekit_url,
+            "--token", participant_token(stack, room, AGENT, agent=True),
+            "--avatar-identity", AVATAR,
+            "--seconds", str(SPEECH_S),
+            "--repeat", "2",
+            "--interrupt-last-after", str(INTERRUPT_AFTER_S),
+            # Speech once the viewer's stream has settled, so the frame rate
+            # measured over it is the steady one, not the stream's start.
+            "--lead-in", "1.5",
+            "--linger", "1.5",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        events: list[dict[str, Any]] = []
+        metrics_page = ""
+        ready = 0
+        avatar: rtc.RemoteParticipant | None = None
+        avatar_tracks: set[tuple[int, int]] = set()
+
+        async def follow_agent() -> None:
+            nonlocal metrics_page, ready, avatar, avatar_tracks
+            assert agent is not None
+            async for event in agent_events(agent):
+                events.append(event)
+                if event["event"] == "playback_finished" and event["interrupted"]:
+                    # Look while the runner still runs: it leaves with the agent.
+                    ready = (await http_get(f"http://127.0.0.1:{port}/readyz"))[0]
+                    metrics_page = (await http_get(f"http://127.0.0.1:{port}/metrics"))[1]
+                    avatar = viewer.room.remote_participants.get(AVATAR)
+                    if avatar is not None:
+                        avatar_tracks = {(pub.kind, pub.source) for pub in avatar.track_publications.values()}
+            assert await agent.wait() == 0
+
+        await asyncio.wait_for(follow_agent(), 120)
+        status = await wait_exit(launcher, "session", timeout=15)
+    finally:
+        if agent is not None and agent.returncode is None:
+            agent.kill()
+        launcher.stop("session")
+        await viewer.leave()
+
+    def at(name: str, utterance: int) -> float:
+        return float(next(e["t"] for e in events if e["event"] == name and e.get("utterance") == utterance))
+
+    joined = next(e["t"] for e in events if e["event"] == "joined")
+    started, finished = at("playback_started", 0), at("playback_finished", 0)
+    cleared = at("clear_buffer", 1)
+    outcomes = [e for e in events if e["event"] == "playback_finished"]
+
+    # -- the protocol: playback started/finished came from the avatar -----
+    assert [o["interrupted"] for o in outcomes] == [False, True]
+    assert outcomes[0]["position"] == pytest.approx(SPEECH_S, abs=0.05)
+    assert outcomes[1]["position"] < SPEECH_S - 1
+
+    # -- published on behalf of the agent ---------------------------------
+    assert avatar is not None
+    assert avatar.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+    assert avatar.attributes.get(ATTRIBUTE_PUBLISH_ON_BEHALF) == AGENT
+    assert avatar_tracks == {
+        (rtc.TrackKind.KIND_VIDEO, rtc.TrackSource.SOURCE_CAMERA),
+        (rtc.TrackKind.KIND_AUDIO, rtc.TrackSource.SOURCE_MICROPHONE),
+    }
+    assert viewer.publishers == {AVATAR}
+
+    # -- frame rate for the length of the speech ---------------------------
+    speech_frames = viewer.frames_between(started, finished)
+    fps = len(speech_frames) / (finished - started)
+    drop_ratio = max(0.0, 1 - len(speech_frames) / ((finished - started) * FPS))
+
+    # -- the mouth follows the audio ---------------------------------------
+    first_frame = viewer.video[0][0]
+    # Silence: between the utterances (the frames before the first one may
+    # not have reached the viewer yet when the agent starts speaking).
+    silence = viewer.frames_between(finished + 0.2, at("playback_started", 1))
+    idle = [m for _, _, m in silence if not math.isnan(m)]
+    spoken = [m for _, _, m in speech_frames if not math.isnan(m)]
+    open_share = sum(m > MOUTH_OPEN for m in spoken) / len(spoken)
+
+    # -- the interruption ----------------------------------------------------
+    loud_after = [t for t, db in viewer.audio if t >= cleared and db > SILENCE_DBFS]
+    audio_stop = (max(loud_after) - cleared) if loud_after else 0.0
+    left = next(e["t"] for e in events if e["event"] == "leaving")
+    # Until the agent leaves: the runner leaves too, and a track's end can
+    # show as a black frame.
+    open_after = [t for t, _, m in viewer.frames_between(cleared, left) if m > MOUTH_OPEN]
+    mouth_close = (max(open_after) - cleared) if open_after else 0.0
+    speech_before_clear = [db for t, db in viewer.audio if cleared - 1.0 <= t < cleared]
+
+    latency_sum = metric(metrics_page, "avatar_audio_to_video_latency_seconds_sum")
+    segments = metric(metrics_page, "avatar_audio_to_video_latency_seconds_count")
+    print(
+        "\nrunner e2e figures (portrait renderer, real livekit-server):"
+        f"\n  time to first frame: {metric(metrics_page, 'avatar_time_to_first_frame_seconds'):.2f} s from runner start"
+        f" (agent joined {joined - launched_at:.2f} s after launch);"
+        f" first frame at the viewer {first_frame - joined:.2f} s after the agent joined"
+        f"\n  received fps during speech: {fps:.2f} ({len(speech_frames)} frames in {finished - started:.2f} s),"
+        f" drop ratio {drop_ratio:.1%}; runner: fps gauge {metric(metrics_page, 'avatar_video_fps'):.2f},"
+        f" {metric(metrics_page, 'avatar_video_frames_dropped_total'):.0f} dropped of"
+        f" {metric(metrics_page, 'avatar_video_frames_published_total'):.0f} published"
+        f"\n  audio-to-video latency (segment start, runner): mean {1000 * latency_sum / max(1, segments):.0f} ms"
+        f" over {segments:.0f} segments"
+        f"\n  mouth: idle max darkness {max(idle, default=0):.3f}, speech open in {open_share:.0%} of frames"
+        f" (max {max(spoken):.3f})"
+        f"\n  interruption: last audible audio {1000 * audio_stop:.0f} ms, last open mouth {1000 * mouth_close:.0f} ms"
+        f" after lk.clear_buffer"
+        f"\n  runner exit: {status.exit_code} ({status.reason})"
+    )
+
+    assert FPS * 0.9 <= fps <= FPS * 1.1
+    assert idle and max(idle) < 0.02  # silent: mouth shut
+    assert max(spoken) > 0.1 and open_share > 0.3  # speaking: it opens, and often
+    assert max(speech_before_clear) > SILENCE_DBFS  # it was speaking when interrupted
+    assert audio_stop < 0.2
+    assert mouth_close < 0.2
+    assert ready == 200
+    assert metric(metrics_page, "avatar_interruptions_total") == 1
+    assert segments == 2
+
+    assert status.exit_code == ExitCode.OK
+    assert status.reason == f"agent {AGENT!r} left the room"
+
+
+@pytest.mark.stack
+async def test_runner_ends_on_rejected_token_sigterm_and_max_duration(stack: Stack, tmp_path: pathlib.Path) -> None:
+    room = f"e2e-{uuid.uuid4().hex[:8]}"
+    launcher = RunnerLauncher(tmp_path)
+    base = {
+        "LIVEKIT_URL": stack.livekit_url,
+        "AGENT_IDENTITY": AGENT,
+        "AVATAR_RENDERER": "portrait",
+        "HEALTH_PORT": "0",
+    }
+    forged = runner_token(stack, room, secret="not-the-server-secret-not-the-server-secret")
+    launcher.start("forged", {**base, "LIVEKIT_TOKEN": forged})
+    launcher.start("sigterm", {**base, "LIVEKIT_TOKEN": runner_token(stack, room)})
+    # The agent never comes: only the time limit ends this one.
+    other_room = f"{room}-limited"
+    launcher.start("limited", {**base, "LIVEKIT_TOKEN": runner_token(stack, other_room), "AVATAR_MAX_DURATION": "2"})
+    rooms = api.LiveKitAPI(stack.livekit_url.replace("ws", "http", 1), stack.livekit_api_key, stack.livekit_api_secret)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        # Stopped once in the room (its media connected), where it spends its life.
+        while not any(
+            p.state == api.ParticipantInfo.State.ACTIVE
+            for p in (await rooms.room.list_participants(api.ListParticipantsRequest(room=room))).participants
+        ):
+            assert time.monotonic() < deadline, "the runner never joined"
+            assert launcher.is_running("sigterm"), launcher.status("sigterm")
+            await asyncio.sleep(0.2)
+        asked = time.monotonic()
+        sigterm_code = await asyncio.to_thread(launcher.stop, "sigterm", 10.0)
+        stop_s = time.monotonic() - asked
+        forged_status = await wait_exit(launcher, "forged", timeout=STARTUP_TIMEOUT_S)
+        limited_status = await wait_exit(launcher, "limited", timeout=STARTUP_TIMEOUT_S)
+    finally:
+        for key in ("forged", "sigterm", "limited"):
+            launcher.stop(key)
+        await rooms.aclose()
+
+    print(f"\nSIGTERM to exit: {stop_s:.2f} s")
+    assert sigterm_code == ExitCode.OK and stop_s < 5
+    stopped = launcher.status("sigterm")
+    assert stopped is not None
+    assert (stopped.running, stopped.exit_code, stopped.reason) == (False, 0, "stopped by SIGTERM")
+    assert forged_status.exit_code == ExitCode.TOKEN_REJECTED
+    assert forged_status.reason is not None
+    assert forged_status.reason.startswith("LiveKit rejected the room token: ")
+    assert forged not in forged_status.reason and "eyJ" not in forged_status.reason
+    assert launcher.last_stderr_line("forged") == forged_status.reason
+    assert limited_status.exit_code == ExitCode.OK
+    assert limited_status.reason == "AVATAR_MAX_DURATION of 2 s reached"
+
+
+async def test_bithuman_refusals_end_the_runner_with_a_reason(tmp_path: pathlib.Path) -> None:
+    """The real SDK, refusing for real: each refusal is one line and its own exit code."""
+    bogus = tmp_path / "bogus.imx"
+    bogus.write_bytes(b"not an avatar model " * 64)
+    base = {
+        # Never reached: the renderer is loaded before joining the room.
+        "LIVEKIT_URL": "ws://127.0.0.1:9",
+        "LIVEKIT_TOKEN": "unused",
+        "AGENT_IDENTITY": AGENT,
+        "AVATAR_RENDERER": "bithuman",
+        "HEALTH_PORT": "0",
+        # The SDK authenticates before it reads the model: make its service
+        # unreachable (libcurl honours the proxy variables), as it is here.
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    cases = {
+        "missing-model": (
+            {"BITHUMAN_MODEL_PATH": str(tmp_path / "absent.imx"), "BITHUMAN_API_SECRET": "bogus-secret"},
+            ExitCode.AVATAR_INVALID,
+            "bitHuman refused the avatar model: [model_not_found]",
+        ),
+        "unreachable": (
+            {"BITHUMAN_MODEL_PATH": str(bogus), "BITHUMAN_API_SECRET": "bogus-secret"},
+            ExitCode.RENDERER_UNAVAILABLE,
+            "bitHuman authentication service unreachable: ",
+        ),
+        "token-only": (
+            {"BITHUMAN_MODEL_PATH": str(bogus), "BITHUMAN_API_TOKEN": "bogus-token"},
+            ExitCode.RENDERER_NOT_AUTHORISED,
+            "bitHuman refused the credential: ",
+        ),
+    }
+    launcher = RunnerLauncher(tmp_path / "runners")
+    for key, (env, _, _) in cases.items():
+        launcher.start(key, {**base, **env})
+    try:
+        for key, (_, code, reason_start) in cases.items():
+            status = await wait_exit(launcher, key, timeout=STARTUP_TIMEOUT_S)
+            stderr = (tmp_path / "runners" / f"{key}.stderr").read_text()
+            print(f"\n{key}: exit {status.exit_code}: {status.reason}")
+            assert status.exit_code == code, (key, status)
+            assert status.reason is not None and status.reason.startswith(reason_start), (key, status)
+            assert stderr.splitlines() == [status.reason]  # one line, the reason
+            for secret in ("bogus-secret", "bogus-token"):
+                assert secret not in stderr
+            launcher.forget(key)
+            assert launcher.status(key) is None
+            assert not list((tmp_path / "runners").glob(f"{key}.*"))
+    finally:
+        for key in cases:
+            launcher.stop(key)
