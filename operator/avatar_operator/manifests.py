@@ -21,6 +21,7 @@ SESSION_LABEL = f"{GROUP}/session"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TOKEN_KEY = "LIVEKIT_TOKEN"
+TOKEN_DIR = "/var/run/secrets/avatar-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
 RUNNER_CONTAINER = "runner"
 # Models that render on a GPU (bitHuman's expression family); essence runs on CPU.
@@ -134,10 +135,9 @@ def runner_pod(
 
     env: list[dict[str, Any]] = [
         {"name": "LIVEKIT_URL", "value": livekit_url},
-        {
-            "name": TOKEN_KEY,
-            "valueFrom": {"secretKeyRef": {"name": child_name(ref.name, "token"), "key": TOKEN_KEY}},
-        },
+        # A file, not an env var: environment variables leak into crash dumps
+        # and `kubectl describe`-style tooling more easily than a mounted Secret.
+        {"name": "LIVEKIT_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"},
         {"name": "AGENT_IDENTITY", "value": spec.agent_identity},
         {"name": "AVATAR_RENDERER", "value": defaults.renderer},
         {"name": "HEALTH_PORT", "value": "8080"},
@@ -155,8 +155,14 @@ def runner_pod(
                 }
             )
 
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "token", "secret": {"secretName": child_name(ref.name, "token"), "defaultMode": 0o440}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+    ]
     if spec.model_volume is not None and spec.model_path:
         volumes.append({"name": "model", **spec.model_volume.model_dump(by_alias=True, exclude_none=True)})
         mounts.append({"name": "model", "mountPath": posixpath.dirname(spec.model_path) or "/", "readOnly": True})

@@ -33,6 +33,7 @@ def runner_env(pod: Mapping[str, Any], token: str) -> dict[str, str]:
     for item in pod["spec"]["containers"][0]["env"]:
         if "value" in item:
             env[item["name"]] = str(item["value"])
+    env.pop("LIVEKIT_TOKEN_FILE", None)  # no Secret volume for a local process
     env[manifests.TOKEN_KEY] = token
     env["HEALTH_PORT"] = "0"  # many runners on one machine: no fixed port
     for name in ("AVATAR_IMAGE_FILE", "BITHUMAN_API_SECRET", "BITHUMAN_API_TOKEN"):

@@ -328,8 +328,11 @@ async def test_avatar_renders_the_agents_speech(stack: Stack, tmp_path: pathlib.
 
 
 @pytest.mark.stack
-async def test_runner_ends_on_rejected_token_sigterm_and_max_duration(stack: Stack, tmp_path: pathlib.Path) -> None:
-    room = f"e2e-{uuid.uuid4().hex[:8]}"
+async def test_runner_ends_on_rejected_token_sigterm_room_deletion_and_max_duration(
+    stack: Stack, tmp_path: pathlib.Path
+) -> None:
+    """No agent ever comes: something else ends each runner, in parallel."""
+    prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     launcher = RunnerLauncher(tmp_path)
     base = {
         "LIVEKIT_URL": stack.livekit_url,
@@ -337,30 +340,39 @@ async def test_runner_ends_on_rejected_token_sigterm_and_max_duration(stack: Sta
         "AVATAR_RENDERER": "portrait",
         "HEALTH_PORT": "0",
     }
-    forged = runner_token(stack, room, secret="not-the-server-secret-not-the-server-secret")
+    forged = runner_token(stack, f"{prefix}-forged", secret="not-the-server-secret-not-the-server-secret")
     launcher.start("forged", {**base, "LIVEKIT_TOKEN": forged})
-    launcher.start("sigterm", {**base, "LIVEKIT_TOKEN": runner_token(stack, room)})
-    # The agent never comes: only the time limit ends this one.
-    other_room = f"{room}-limited"
-    launcher.start("limited", {**base, "LIVEKIT_TOKEN": runner_token(stack, other_room), "AVATAR_MAX_DURATION": "2"})
+    for key in ("sigterm", "deleted"):
+        launcher.start(key, {**base, "LIVEKIT_TOKEN": runner_token(stack, f"{prefix}-{key}")})
+    launcher.start(
+        "limited",
+        {**base, "LIVEKIT_TOKEN": runner_token(stack, f"{prefix}-limited"), "AVATAR_MAX_DURATION": "2"},
+    )
     rooms = api.LiveKitAPI(stack.livekit_url.replace("ws", "http", 1), stack.livekit_api_key, stack.livekit_api_secret)
-    try:
+
+    async def in_room(key: str) -> None:
+        """Until the runner is in its room, media connected: where it spends its life."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        # Stopped once in the room (its media connected), where it spends its life.
+        request = api.ListParticipantsRequest(room=f"{prefix}-{key}")
         while not any(
             p.state == api.ParticipantInfo.State.ACTIVE
-            for p in (await rooms.room.list_participants(api.ListParticipantsRequest(room=room))).participants
+            for p in (await rooms.room.list_participants(request)).participants
         ):
-            assert time.monotonic() < deadline, "the runner never joined"
-            assert launcher.is_running("sigterm"), launcher.status("sigterm")
+            assert time.monotonic() < deadline, f"{key}: the runner never joined"
+            assert launcher.is_running(key), launcher.status(key)
             await asyncio.sleep(0.2)
+
+    try:
+        await asyncio.gather(in_room("sigterm"), in_room("deleted"))
         asked = time.monotonic()
         sigterm_code = await asyncio.to_thread(launcher.stop, "sigterm", 10.0)
         stop_s = time.monotonic() - asked
-        forged_status = await wait_exit(launcher, "forged", timeout=STARTUP_TIMEOUT_S)
-        limited_status = await wait_exit(launcher, "limited", timeout=STARTUP_TIMEOUT_S)
+        await rooms.room.delete_room(api.DeleteRoomRequest(room=f"{prefix}-deleted"))
+        statuses = {
+            key: await wait_exit(launcher, key, timeout=STARTUP_TIMEOUT_S) for key in ("forged", "deleted", "limited")
+        }
     finally:
-        for key in ("forged", "sigterm", "limited"):
+        for key in ("forged", "sigterm", "deleted", "limited"):
             launcher.stop(key)
         await rooms.aclose()
 
@@ -369,13 +381,14 @@ async def test_runner_ends_on_rejected_token_sigterm_and_max_duration(stack: Sta
     stopped = launcher.status("sigterm")
     assert stopped is not None
     assert (stopped.running, stopped.exit_code, stopped.reason) == (False, 0, "stopped by SIGTERM")
-    assert forged_status.exit_code == ExitCode.TOKEN_REJECTED
-    assert forged_status.reason is not None
-    assert forged_status.reason.startswith("LiveKit rejected the room token: ")
-    assert forged not in forged_status.reason and "eyJ" not in forged_status.reason
-    assert launcher.last_stderr_line("forged") == forged_status.reason
-    assert limited_status.exit_code == ExitCode.OK
-    assert limited_status.reason == "AVATAR_MAX_DURATION of 2 s reached"
+    assert (statuses["deleted"].exit_code, statuses["deleted"].reason) == (0, "the room was deleted")
+    assert (statuses["limited"].exit_code, statuses["limited"].reason) == (0, "AVATAR_MAX_DURATION of 2 s reached")
+    rejected = statuses["forged"]
+    assert rejected.exit_code == ExitCode.TOKEN_REJECTED
+    assert rejected.reason is not None
+    assert rejected.reason.startswith("LiveKit rejected the room token: ")
+    assert forged not in rejected.reason and "eyJ" not in rejected.reason
+    assert launcher.last_stderr_line("forged") == rejected.reason
 
 
 async def test_bithuman_refusals_end_the_runner_with_a_reason(tmp_path: pathlib.Path) -> None:

@@ -66,7 +66,10 @@ def test_local_session_owns_one_token_secret_and_one_gpu_runner_pod(stack: Stack
     mounts = pod["spec"]["containers"][0]["volumeMounts"]
     assert {"name": "model", "mountPath": "/models", "readOnly": True} in mounts
     env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
-    assert "value" not in env["LIVEKIT_TOKEN"] and env["LIVEKIT_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "local-a-token"
+    assert "LIVEKIT_TOKEN" not in env  # the token is a mounted file from the session's Secret
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["token"]["secret"]["secretName"] == "local-a-token"
+    assert env["LIVEKIT_TOKEN_FILE"]["value"].startswith("/var/run/secrets/avatar-operator/")
     assert "LIVEKIT_API_SECRET" not in env  # the runner never gets the LiveKit API secret
     reasons = {e["reason"] for e in events(stack, ns, "local-a")}
     assert {"Valid", "CredentialsFound", "PodCreated", "Scheduled"} <= reasons

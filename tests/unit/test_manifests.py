@@ -49,7 +49,9 @@ def test_pod_passes_restricted_and_carries_no_api_credentials() -> None:
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     env = {e["name"]: e for e in c["env"]}
-    assert env["LIVEKIT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "lobby-token", "key": "LIVEKIT_TOKEN"}
+    assert env["LIVEKIT_TOKEN_FILE"]["value"] == "/var/run/secrets/avatar-operator/LIVEKIT_TOKEN"
+    assert {"name": "token", "secret": {"secretName": "lobby-token", "defaultMode": 0o440}} in spec_["volumes"]
+    assert "LIVEKIT_TOKEN" not in env
     assert env["BITHUMAN_API_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "bh"
     assert not any("LIVEKIT_API" in name for name in env)
     assert all("value" not in e or "secret" not in e["name"].lower() for e in c["env"])
