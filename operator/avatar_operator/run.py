@@ -5,11 +5,26 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import socket
+import urllib.parse
 
 import kopf
 
 from avatar_operator import kube, metrics
 from avatar_operator import settings as settings_mod
+
+
+def liveness_url(url: str | None) -> str | None:
+    """The liveness endpoint; port 0 picks a free port (kopf would take 80), "" turns it off."""
+    if not url:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.port != 0:
+        return url
+    with socket.socket() as s:
+        s.bind((parts.hostname or "127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return parts._replace(netloc=f"{parts.hostname}:{port}").geturl()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
         # kopf pauses every replica that sees a live peer of equal priority:
         # distinct priorities let exactly one work and the next take over.
         priority=getattr(args, "priority", None) if getattr(args, "priority", None) is not None else random.randint(1, 1_000_000),
-        liveness_endpoint=getattr(args, "liveness", None),
+        liveness_endpoint=liveness_url(getattr(args, "liveness", None)),
         memo=kopf.Memo(settings=settings),
     )
     return 0
