@@ -313,7 +313,14 @@ def setup_cluster() -> None:
     for crd in crds:
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     if crds:
-        kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"-f={c}" for c in crds])
+        # `kubectl wait` fails at once while a new CRD has no conditions yet: poll.
+        def established() -> bool:
+            return all(
+                kubectl("get", "-f", str(c), "-o", 'jsonpath={.status.conditions[?(@.type=="Established")].status}', check=False).stdout == "True"
+                for c in crds  # one CRD per file
+            )
+
+        wait_for("the CRDs to be Established", established, 60)
         say(f"applied {len(crds)} CRD file(s) from crds/")
 
 
