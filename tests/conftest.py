@@ -13,6 +13,7 @@ import dataclasses
 import os
 import pathlib
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 
@@ -90,6 +91,18 @@ class Stack:
                 f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
             )
         return proc
+
+    def wait_established(self, *target: str, timeout: float = 60) -> None:
+        """Waits for a CRD (`crd/NAME` or `-f FILE`) to be Established. `kubectl wait`
+        fails at once, instead of waiting, while a new CRD has no conditions yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.kubectl("get", *target, "-o", 'jsonpath={.status.conditions[?(@.type=="Established")].status}', check=False)
+            if got.stdout == "True":
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{' '.join(target)} not Established after {timeout}s: {got.stdout} {got.stderr}")
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

@@ -132,7 +132,7 @@ def fake_api(artifacts: pathlib.Path) -> Iterator[FakeAPI]:
 def operator(stack: Stack, fake_api: FakeAPI, artifacts: pathlib.Path) -> Iterator[Operator]:
     crd = ROOT / "crds" / "avatarsessions.avatar-operator.dev.yaml"
     stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    stack.kubectl("wait", "--for=condition=Established", "-f", str(crd))
+    stack.wait_established("-f", str(crd))
     op = Operator(stack, fake_api, artifacts / "operator.log")
     yield op
     op.stop()

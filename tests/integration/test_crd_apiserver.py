@@ -29,7 +29,7 @@ EXAMPLES = sorted((pathlib.Path(__file__).resolve().parents[2] / "examples").glo
 @pytest.fixture(scope="module")
 def crd_stack(stack: Stack) -> Stack:
     stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd.CRD_PATH))
-    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd.CRD_NAME}")
+    stack.wait_established(f"crd/{crd.CRD_NAME}")
     return stack
 
 

@@ -78,7 +78,7 @@ def test_apiserver_ready(stack: Stack) -> None:
 
 def test_cel_rule_refuses_bad_object(stack: Stack, namespace: str) -> None:
     stack.kubectl("apply", "-f", "-", input=WIDGET_CRD)
-    stack.kubectl("wait", "--for=condition=Established", "crd/widgets.stack-test.avatar-operator.dev")
+    stack.wait_established("crd/widgets.stack-test.avatar-operator.dev")
     good = {"apiVersion": "stack-test.avatar-operator.dev/v1", "kind": "Widget", "metadata": {"name": "ok"}, "spec": {"replicas": 1}}
     bad = {**good, "metadata": {"name": "bad"}, "spec": {"replicas": 0}}
     stack.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(good))
