@@ -204,7 +204,12 @@ async def _in_room(
         if stop_task in done:
             return Outcome(ExitCode.OK, stop.reason)
         if pipeline_task in done:
-            return _pipeline_outcome(pipeline_task, room, agent)
+            if not started:
+                # It gave up before the agent ever came (the room went away):
+                # the room's own disconnect event says why; let it arrive.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(ended), 2.0)
+            return _pipeline_outcome(pipeline_task, room, agent, agent_seen=started)
         return Outcome(ExitCode.OK, f"AVATAR_MAX_DURATION of {config.max_duration_s:g} s reached")
     finally:
         stop_task.cancel()
@@ -219,12 +224,12 @@ async def _in_room(
         await _bounded(room.disconnect(), "leaving the room")
 
 
-def _pipeline_outcome(task: asyncio.Task[None], room: rtc.Room, agent: str) -> Outcome:
+def _pipeline_outcome(task: asyncio.Task[None], room: rtc.Room, agent: str, *, agent_seen: bool) -> Outcome:
     """Why the media pipeline ended on its own."""
     err = task.exception()
     if isinstance(err, RunnerFailure):  # a renderer refused mid-session
         return err.outcome
-    if agent not in room.remote_participants:
+    if agent_seen and agent not in room.remote_participants:
         # The agent left and the pipeline noticed first (its RPCs failed).
         return Outcome(ExitCode.OK, f"agent {agent!r} left the room")
     if err is not None:
