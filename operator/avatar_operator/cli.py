@@ -35,6 +35,8 @@ def _documents(name: str, stream: TextIO) -> list[Any]:
         raise InputError(f"{name}: invalid YAML: {e.problem or e.context}{where}") from e
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise InputError(f"{name}: invalid YAML: {' '.join(str(e).split())}") from e
+    except RecursionError as e:
+        raise InputError(f"{name}: invalid YAML: nested too deeply") from e
 
 
 def _objects(docs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
@@ -104,7 +106,10 @@ def validate_files(paths: Sequence[str], out: TextIO, err: TextIO) -> int:
                 problems = [rules.Problem("spec", "nested too deeply (a self-referencing YAML alias?)")]
             invalid += bool(problems)
             for problem in problems:
-                print(f"{name}: {_label(obj, number)}: {problem}", file=out)
+                # One line per problem, whatever the keys hold (a newline in a
+                # key must not forge a second problem line).
+                line = f"{name}: {_label(obj, number)}: {problem}"
+                print(line.encode("unicode_escape").decode("ascii"), file=out)
     print(f"{checked} {spec.KIND}(s) checked, {invalid} invalid", file=err)
     return 1 if failed or invalid else 0
 

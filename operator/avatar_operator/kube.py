@@ -123,14 +123,21 @@ async def delete(kind: str, namespace: str, name: str) -> None:
             raise
 
 
-async def patch_status(namespace: str, name: str, status: Mapping[str, Any]) -> None:
-    """Merge-patches the session's status subresource. (verb: patch avatarsessions/status)"""
-    await _call(
-        CustomObjectsApi(_api()).patch_namespaced_custom_object_status,
-        manifests.GROUP,
-        manifests.VERSION,
-        namespace,
-        "avatarsessions",
-        name,
-        {"status": dict(status)},
-    )
+async def patch_status(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+    """Merge-patches the session's status subresource; False when the session is gone.
+    (verb: patch avatarsessions/status)"""
+    try:
+        await _call(
+            CustomObjectsApi(_api()).patch_namespaced_custom_object_status,
+            manifests.GROUP,
+            manifests.VERSION,
+            namespace,
+            "avatarsessions",
+            name,
+            {"status": dict(status)},
+        )
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True

@@ -103,7 +103,8 @@ class Worker:
         new["observedGeneration"] = self.generation
         new.update({k: v for k, v in fields.items()})
         if new != self.status:
-            await kube.patch_status(self.ref.namespace, self.ref.name, new)
+            if not await kube.patch_status(self.ref.namespace, self.ref.name, new):
+                raise Ended  # the session is gone (deleted while we worked)
             self.status = new
         if event is not None:
             (kopf.warn if warning else kopf.info)(self.body, reason=event[0], message=event[1])
@@ -359,6 +360,11 @@ class Worker:
             except bithuman_mint.MintError as e:
                 await self.fail(Reason.REQUEST_REJECTED, f"minting a bitHuman runtime token failed: {e}", Cond.CLOUD_REQUEST_ACCEPTED)
             attributes[RUNTIME_TOKEN_ATTRIBUTE] = runtime_token
+            # From here on the scoped token stands in for the account secret:
+            # the account secret goes to the mint endpoint and nowhere else.
+            request_secret: str | None = runtime_token
+        else:
+            request_secret = bh.api_secret
         token = tokens.avatar_token(
             api_key=lk.api_key,
             api_secret=lk.api_secret,
@@ -373,7 +379,7 @@ class Worker:
         try:
             request = cloud.build_request(
                 api_url=bh.api_url,
-                api_secret=bh.api_secret,
+                api_secret=request_secret,
                 api_token=bh.api_token,
                 livekit_url=lk.url,
                 livekit_token=token,
@@ -436,6 +442,8 @@ class Worker:
         client = room.Client(lk.url, lk.api_key, lk.api_secret, self.http)
         interval = 0.5
         was_present = self.is_true(Cond.READY)
+        absent_since: float | None = None
+        loop = asyncio.get_running_loop()
         while True:
             if spec.mode == spec_mod.Mode.LOCAL:
                 await self.follow_pod()
@@ -454,9 +462,15 @@ class Worker:
                             readyTime=stamp(now()),
                         )
                     was_present = True
+                    absent_since = None
                     interval = 5.0
                 elif was_present and not seen.avatar_present:
-                    await self.succeed(Reason.AVATAR_LEFT, f"avatar {identity!r} left room {spec.room!r}")
+                    # A LiveKit restart or a reconnect looks like a departure for
+                    # a moment: the avatar must stay away for the grace period.
+                    absent_since = absent_since if absent_since is not None else loop.time()
+                    if loop.time() - absent_since >= self.settings.absence_grace_s:
+                        await self.succeed(Reason.AVATAR_LEFT, f"avatar {identity!r} left room {spec.room!r}")
+                    interval = 1.0
                 elif not self.is_true(Cond.READY):
                     why = "joined, not yet publishing video" if seen.avatar_present else "not in the room yet"
                     await self.record(conditions=((Cond.READY, False, Reason.WAITING_FOR_AVATAR, f"avatar {identity!r} {why}"),))

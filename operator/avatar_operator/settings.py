@@ -47,6 +47,9 @@ class Settings:
     cleanup_timeout_s: float = 10.0
     # How often a session not yet Ready asks LiveKit whether the avatar joined.
     room_poll_s: float = 1.0
+    # How long a Ready avatar must be missing from its room before the session
+    # ends: LiveKit restarts and client reconnects hide it for seconds.
+    absence_grace_s: float = 20.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,4 +77,5 @@ class Settings:
             token_ttl_default_s=float(get("AVATAR_TOKEN_TTL_DEFAULT", str(d.token_ttl_default_s))),
             cleanup_timeout_s=float(get("AVATAR_CLEANUP_TIMEOUT", str(d.cleanup_timeout_s))),
             room_poll_s=float(get("AVATAR_ROOM_POLL", str(d.room_poll_s))),
+            absence_grace_s=float(get("AVATAR_ABSENCE_GRACE", str(d.absence_grace_s))),
         )

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 DEFAULT_GRACE_S = 5.0  # the runner stops in a few seconds on SIGTERM
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_INHERITED = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,10 @@ class RunnerLauncher:
         self._work_dir.mkdir(parents=True, exist_ok=True)
         termination_log = self._path(session_key, "termination-log")
         termination_log.write_text("")  # present and empty, as Kubernetes leaves it
-        process_env = {**os.environ, **env, "TERMINATION_LOG_PATH": str(termination_log)}
+        # Only what a Python process needs from ours: never the operator's own
+        # credentials (a pod gets only its token and its renderer's needs).
+        inherited = {k: v for k, v in os.environ.items() if k in _INHERITED}
+        process_env = {**inherited, **env, "TERMINATION_LOG_PATH": str(termination_log)}
         with open(self._path(session_key, "stdout"), "wb") as out, open(self._path(session_key, "stderr"), "wb") as err:
             process = subprocess.Popen(
                 [self._python, "-m", "avatar_runner"],

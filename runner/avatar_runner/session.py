@@ -141,7 +141,9 @@ async def _in_room(
             ended.set_result(outcome)
 
     def on_participant_disconnected(participant: rtc.RemoteParticipant) -> None:
-        if participant.identity == agent:
+        # While the SDK resumes a broken connection it reports everyone as
+        # gone; only a departure seen on a healthy connection is the agent's.
+        if participant.identity == agent and room.connection_state == rtc.ConnectionState.CONN_CONNECTED:
             end(Outcome(ExitCode.OK, f"agent {agent!r} left the room"))
 
     room = rtc.Room()

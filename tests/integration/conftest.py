@@ -78,6 +78,7 @@ class Operator:
                 "AVATAR_RUNNER_IMAGE": "registry.invalid/avatar-runner:test",
                 "AVATAR_ROOM_POLL": "0.5",
                 "AVATAR_CLEANUP_TIMEOUT": "3",
+                "AVATAR_ABSENCE_GRACE": "3",
             }
         )
         for k in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):

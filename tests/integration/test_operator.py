@@ -135,6 +135,10 @@ def _requests_for(fake: FakeAPI, room: str) -> list[dict[str, Any]]:
     return out
 
 
+def token_attributes_api_secret(jwt: str, stack: Stack) -> str:
+    return str(api.TokenVerifier(stack.livekit_api_key, stack.livekit_api_secret).verify(jwt).attributes["api_secret"])
+
+
 def test_cloud_session_retries_503_then_is_accepted(stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str) -> None:
     ns = credentials
     fake_api.script([{"status": 503}, {}])
@@ -147,7 +151,10 @@ def test_cloud_session_retries_503_then_is_accepted(stack: Stack, operator: Oper
     assert set(body) == {"livekit_url", "livekit_token", "room_name", "mode", "model", "agent_id"}
     assert body["mode"] == "cpu" and body["model"] == "essence" and body["agent_id"] == "A-cloud-a"
     assert body["livekit_url"] == stack.livekit_url
-    assert reqs[-1]["headers"].get("api-secret") == BITHUMAN_SECRET
+    # The account secret went to the mint endpoint only; the request carries
+    # the scoped runtime token minted for this agent, room and server.
+    sent = reqs[-1]["headers"].get("api-secret")
+    assert sent and sent != BITHUMAN_SECRET and sent == token_attributes_api_secret(body["livekit_token"], stack)
     assert len({r["headers"].get("Idempotency-Key") for r in reqs}) == 1
     token = api.TokenVerifier(stack.livekit_api_key, stack.livekit_api_secret).verify(body["livekit_token"])
     assert token.kind == "agent" and token.video.room == "room-cloud-a" and token.video.room_join
