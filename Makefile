@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries stack-up stack-down stack-status crd chart-lint images unit integration reliability test typecheck demo clean
+.PHONY: help venv binaries stack-up stack-down stack-status crd chart-lint images unit integration reliability bench test typecheck demo clean
 
 help:
 	@echo "make venv          virtualenv in .venv with the project and its test tools"
@@ -15,6 +15,7 @@ help:
 	@echo "make stack-down    stop it; no process is left"
 	@echo "make crd           regenerate crds/ from the models"
 	@echo "make test          venv + stack-up + unit, integration and e2e tests + stack-down"
+	@echo "make bench         control-plane and runner benchmarks; writes bench/results/latest.json"
 	@echo "make reliability   faults, restarts, bad input, secret scans; writes bench/results/reliability.json"
 	@echo "make typecheck     mypy --strict"
 	@echo "make demo          stack-up + operator + demo session and agent; saves demo-output/"
@@ -56,6 +57,14 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	AVATAR_REQUIRE_STACK=1 $(PY) -m pytest tests/integration tests/e2e -q $(PYTEST_ARGS)
+
+# Control-plane and runner benchmarks (~15 min): bench/results/latest.json and .png.
+bench: $(STAMP)
+	@status=0; \
+	$(MAKE) --no-print-directory stack-up || status=$$?; \
+	if [ $$status -eq 0 ]; then $(PY) -m bench $(BENCH_ARGS) || status=$$?; fi; \
+	if [ "$${KEEP_STACK:-0}" != 1 ]; then $(MAKE) --no-print-directory stack-down; fi; \
+	exit $$status
 
 # Faults, restarts, bad input and secret hygiene (~9 min): stops and starts the
 # stack's own kube-apiserver and livekit-server, so it runs on a stack of its

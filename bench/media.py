@@ -1,0 +1,448 @@
+"""Part 2: the runner's media path (portrait renderer, real livekit-server).
+
+A demo agent (`python -m avatar_runner.demo_agent`) speaks one long utterance
+of real speech (the bitHuman wheel's sample, looped; synthetic speech when the
+wheel is absent) to a runner (`python -m avatar_runner`, AVATAR_RENDERER=portrait)
+through the LiveKit Agents avatar protocol, and a viewer in the bench process
+subscribes to what the avatar publishes.
+
+Measured:
+- first_frame_ms: the runner's own histogram, from a speech segment's first
+  audio at the runner to its first video frame handed to LiveKit;
+- fps and drop_ratio: video frames the viewer received while the agent's
+  speech played (the agent's lk.playback_started .. lk.playback_finished);
+  drops are the frame slots missing against 25 fps;
+- av_offset_ms: the lag between the audio the viewer heard and the mouth it
+  saw, by cross-correlating the received loudness (mapped to a mouth opening
+  the way the renderer maps it) with the mouth's darkness on the received
+  pixels; positive: video behind audio;
+- CPU per session: the runner process's CPU over the speech, in cores;
+- sessions per core: k = 1, 2, 4 sessions at once (runner-side counters, no
+  viewer, so the bench's own decoding does not compete); the largest k whose
+  every runner holds >= 24.5 fps with < 1 % dropped slots, and 1 / (cores per
+  session) measured there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import math
+import os
+import pathlib
+import socket
+import sys
+import time
+import wave
+from typing import Any
+
+import aiohttp
+import numpy as np
+import psutil
+from livekit import api, rtc
+
+from avatar_operator.tokens import avatar_token
+from bench import stats
+from bench.control_plane import RUN_ID, log
+from bench.procs import ROOT
+
+AGENT = "agent-1"
+AVATAR = "bithuman-avatar-agent"
+FPS = 25.0
+SILENCE_DBFS = -50.0
+STARTUP_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def participant_token(env: dict[str, str], room: str, identity: str, *, agent: bool = False) -> str:
+    token = (
+        api.AccessToken(env["LIVEKIT_API_KEY"], env["LIVEKIT_API_SECRET"])
+        .with_identity(identity)
+        .with_grants(api.VideoGrants(room_join=True, room=room))
+    )
+    return (token.with_kind("agent") if agent else token).to_jwt()
+
+
+def speech_wav(path: pathlib.Path, seconds: float) -> str:
+    """A 16-bit mono WAV of `seconds` of speech; returns where it came from."""
+    from avatar_runner import demo_agent
+
+    sample = demo_agent.bundled_speech()
+    if sample is not None:
+        samples, rate = demo_agent.read_wav(sample)
+        source = "bitHuman demo_sample.wav, looped"
+    else:
+        rate = demo_agent.SYNTHETIC_RATE
+        samples = demo_agent.synthetic_speech(seconds, rate)
+        source = "synthetic speech"
+    n = int(seconds * rate)
+    reps = math.ceil(n / len(samples))
+    looped = np.tile(samples, reps)[:n]
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(looped.astype(np.int16).tobytes())
+    return source
+
+
+def mouth_darkness(frame: rtc.VideoFrame) -> float:
+    """Share of dark pixels in the middle of the drawn face's mouth (luma plane), as tests/e2e reads it."""
+    from avatar_runner.renderers.portrait import DRAWN_FACE, SIZE
+
+    if frame.type != rtc.VideoBufferType.I420:
+        frame = frame.convert(rtc.VideoBufferType.I420)
+    luma = np.frombuffer(frame.data, dtype=np.uint8, count=frame.width * frame.height).reshape(frame.height, frame.width)
+    scale = frame.width / SIZE
+    cx, cy = DRAWN_FACE.mouth_center
+    half_w, half_h = DRAWN_FACE.mouth_width * 0.3, DRAWN_FACE.mouth_max_height / 2 + 4
+    region = luma[round((cy - half_h) * scale):round((cy + half_h) * scale), round((cx - half_w) * scale):round((cx + half_w) * scale)]
+    return float(np.mean(region < 70))
+
+
+@dataclasses.dataclass
+class Viewer:
+    room: rtc.Room = dataclasses.field(default_factory=rtc.Room)
+    video: list[tuple[float, int, float]] = dataclasses.field(default_factory=list)  # t, width, mouth
+    audio: list[tuple[float, float, int]] = dataclasses.field(default_factory=list)  # t, dBFS, samples
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+
+    watch_video: bool = True
+
+    async def join(self, url: str, token: str) -> None:
+        """Subscribes to everything; or, without watch_video, only to the avatar's audio.
+
+        Someone must listen: livekit-agents' AvatarRunner publishes its video
+        only once its audio track has a subscriber (a user in the room)."""
+        if self.watch_video:
+            self.room.on("track_subscribed", self._on_track)
+            await self.room.connect(url, token)
+            return
+
+        def maybe_subscribe(pub: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant) -> None:
+            if pub.kind == rtc.TrackKind.KIND_AUDIO:
+                pub.set_subscribed(True)
+
+        self.room.on("track_published", maybe_subscribe)
+        await self.room.connect(url, token, rtc.RoomOptions(auto_subscribe=False))
+        for who in self.room.remote_participants.values():
+            for pub in who.track_publications.values():
+                maybe_subscribe(pub, who)
+
+    def _on_track(self, track: rtc.Track, _: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant) -> None:
+        consume = self._watch(track) if track.kind == rtc.TrackKind.KIND_VIDEO else self._listen(track)
+        self.tasks.append(asyncio.create_task(consume))
+
+    async def _watch(self, track: rtc.Track) -> None:
+        async for event in rtc.VideoStream(track):
+            frame = event.frame
+            mouth = mouth_darkness(frame) if frame.width >= 128 else math.nan
+            self.video.append((time.time(), frame.width, mouth))
+
+    async def _listen(self, track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track):
+            samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+            rms = math.sqrt(float(np.mean(samples**2))) / 32768 if samples.size else 0.0
+            self.audio.append((time.time(), 20 * math.log10(rms) if rms > 0 else -120.0, samples.size))
+
+    async def leave(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.room.disconnect()
+
+
+def av_offset_ms(viewer: Viewer, start: float, end: float) -> tuple[float, float]:
+    """(lag in ms of the mouth behind the audio, peak correlation) over [start, end]."""
+    from avatar_runner.renderers import portrait
+
+    step = 0.005
+    grid = np.arange(start, end, step)
+    if len(grid) < 400:
+        return math.nan, math.nan
+    at = np.array([a[0] for a in viewer.audio])
+    db = np.array([a[1] for a in viewer.audio])
+    # The renderer's mapping of loudness to opening (instant attack, release per frame).
+    opening = np.clip((db - portrait.SILENCE_DBFS) / (portrait.FULL_OPEN_DBFS - portrait.SILENCE_DBFS), 0, 1)
+    frame_len = 1 / FPS
+    slots = np.arange(start, end, frame_len)
+    predicted = np.zeros(len(slots))
+    level = 0.0
+    for i, s in enumerate(slots):
+        sel = (at >= s) & (at < s + frame_len)
+        target = float(np.max(opening[sel])) if sel.any() else 0.0
+        level = target if target >= level else max(target, level * portrait.MOUTH_RELEASE)
+        predicted[i] = level
+    vt = np.array([v[0] for v in viewer.video if not math.isnan(v[2])])
+    vm = np.array([v[2] for v in viewer.video if not math.isnan(v[2])])
+    if len(vt) < 50:
+        return math.nan, math.nan
+    a = np.interp(grid, slots + frame_len / 2, predicted)
+    b = np.interp(grid, vt, vm)
+    a = (a - a.mean()) / (a.std() or 1)
+    b = (b - b.mean()) / (b.std() or 1)
+    best, best_lag = -2.0, 0
+    max_lag = int(0.5 / step)
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            c = float(np.mean(a[: len(a) - lag] * b[lag:]))
+        else:
+            c = float(np.mean(a[-lag:] * b[: len(b) + lag]))
+        if c > best:
+            best, best_lag = c, lag
+    return round(best_lag * step * 1000, 1), round(best, 3)
+
+
+def _onsets(times: list[float], values: list[float], threshold: float, quiet_s: float) -> list[float]:
+    """Times where `values` rises above `threshold` after at least `quiet_s` below it."""
+    out, last = [], -1e9
+    for t, v in zip(times, values):
+        if v > threshold:
+            if t - last > quiet_s:
+                out.append(t)
+            last = t
+    return out
+
+
+def av_offset_onsets_ms(viewer: Viewer, start: float, end: float) -> tuple[float, int]:
+    """(median lag in ms of mouth openings behind speech onsets, pairs): each onset of
+    sound after >= 150 ms of quiet, paired with the mouth opening nearest to it."""
+    audio = [(t, db) for t, db, _ in viewer.audio if start <= t <= end]
+    video = [(t, m) for t, _, m in viewer.video if start <= t <= end and not math.isnan(m)]
+    sound = _onsets([t for t, _ in audio], [db for _, db in audio], -40.0, 0.15)
+    mouth = _onsets([t for t, _ in video], [m for _, m in video], 0.05, 0.15)
+    lags = []
+    for a in sound:
+        near = [v - a for v in mouth if -0.3 < v - a < 0.5]
+        if near:
+            lags.append(min(near, key=abs))
+    if not lags:
+        return math.nan, 0
+    return round(1000 * float(np.median(lags)), 1), len(lags)
+
+
+def metric(page: str, name: str) -> float:
+    for line in page.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return math.nan
+
+
+async def http_get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with http.get(url) as r:
+        return r.status, await r.text()
+
+
+@dataclasses.dataclass
+class Session:
+    j: int
+    room: str
+    port: int
+    proc: psutil.Process | None = None
+    agent: asyncio.subprocess.Process | None = None
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    at_start: tuple[float, float, float, float] | None = None  # t, cpu, published, dropped
+    at_end: tuple[float, float, float, float] | None = None
+    page: str = ""
+
+
+class MediaBench:
+    def __init__(self, stack_env: dict[str, str], artifacts: pathlib.Path, speech_s: float, ks: list[int], scan_speech_s: float) -> None:
+        self.env = stack_env
+        self.artifacts = artifacts
+        self.speech_s = speech_s
+        self.scan_speech_s = scan_speech_s
+        self.ks = ks
+
+    async def run_k(self, k: int, speech_s: float, with_viewer: bool) -> dict[str, Any]:
+        from avatar_runner.launcher import RunnerLauncher
+
+        work = self.artifacts / f"media-k{k}"
+        work.mkdir(parents=True, exist_ok=True)
+        wav = work / "speech.wav"
+        source = speech_wav(wav, speech_s)
+        launcher = RunnerLauncher(work / "runners")
+        sessions = [Session(j, f"bench-{RUN_ID}-media-k{k}-{j}", free_port()) for j in range(k)]
+        # One listener per room (an audio-only one costs the bench little CPU);
+        # the first room's viewer also decodes the video when with_viewer.
+        viewers = [Viewer(watch_video=with_viewer and j == 0) for j in range(k)]
+        viewer = viewers[0] if with_viewer else None
+        env = self.env
+        async with aiohttp.ClientSession() as http:
+            try:
+                for s in sessions:
+                    token = avatar_token(
+                        api_key=env["LIVEKIT_API_KEY"], api_secret=env["LIVEKIT_API_SECRET"], room=s.room, identity=AVATAR,
+                        name="Avatar", agent_identity=AGENT, ttl=datetime.timedelta(minutes=30),
+                    )
+                    pid = launcher.start(f"s{s.j}", {
+                        "LIVEKIT_URL": env["LIVEKIT_URL"], "LIVEKIT_TOKEN": token, "AGENT_IDENTITY": AGENT,
+                        "AVATAR_RENDERER": "portrait", "HEALTH_PORT": str(s.port),
+                    })
+                    s.proc = psutil.Process(pid)
+                for s in sessions:
+                    await self._wait_http(http, f"http://127.0.0.1:{s.port}/healthz", launcher, f"s{s.j}")
+                for s, v in zip(sessions, viewers):
+                    await v.join(env["LIVEKIT_URL"], participant_token(env, s.room, "viewer"))
+                for s in sessions:
+                    s.agent = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "avatar_runner.demo_agent", "--url", env["LIVEKIT_URL"],
+                        "--token", participant_token(env, s.room, AGENT, agent=True), "--avatar-identity", AVATAR,
+                        "--wav", str(wav), "--lead-in", "1.5", "--linger", "1.0",
+                        cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=open(work / f"agent-{s.j}.log", "wb"),
+                    )
+                await asyncio.wait_for(asyncio.gather(*(self._follow(http, s) for s in sessions)), speech_s + STARTUP_TIMEOUT_S)
+            finally:
+                for s in sessions:
+                    if s.agent is not None and s.agent.returncode is None:
+                        s.agent.kill()
+                        await s.agent.wait()
+                for s in sessions:
+                    await asyncio.to_thread(launcher.stop, f"s{s.j}", 10.0)
+                for v in viewers:
+                    await v.leave()
+
+        per: list[dict[str, Any]] = []
+        for s in sessions:
+            if s.at_start is None or s.at_end is None:
+                per.append({"j": s.j, "error": "speech never played"})
+                continue
+            dt = s.at_end[0] - s.at_start[0]
+            published = s.at_end[2] - s.at_start[2]
+            dropped = max(0.0, s.at_end[3] - s.at_start[3])
+            segs = metric(s.page, "avatar_audio_to_video_latency_seconds_count")
+            per.append({
+                "j": s.j,
+                "runner_fps": round(published / dt, 2),
+                "runner_drop_ratio": round(dropped / max(1.0, published + dropped), 4),
+                "cpu_cores": round((s.at_end[1] - s.at_start[1]) / dt, 3),
+                "first_frame_ms": round(1000 * metric(s.page, "avatar_audio_to_video_latency_seconds_sum") / max(1.0, segs), 1),
+                "time_to_first_frame_s": metric(s.page, "avatar_time_to_first_frame_seconds"),
+                "speech_s": round(dt, 2),
+            })
+        result: dict[str, Any] = {"k": k, "speech_source": source, "sessions": per}
+        good = [p for p in per if "error" not in p]
+        if good:
+            result["fps_min"] = min(p["runner_fps"] for p in good)
+            result["drop_ratio_max"] = max(p["runner_drop_ratio"] for p in good)
+            result["cpu_cores_per_session"] = round(sum(p["cpu_cores"] for p in good) / len(good), 3)
+            result["holds_25fps"] = len(good) == k and result["fps_min"] >= 24.5 and result["drop_ratio_max"] < 0.01
+        if viewer is not None and sessions[0].events:
+            (work / "viewer.json").write_text(json.dumps({"video": viewer.video, "audio": viewer.audio, "events": sessions[0].events}))
+            result["viewer"] = self._viewer_figures(viewer, sessions[0])
+        log(f"runner k={k}: " + json.dumps({kk: v for kk, v in result.items() if kk not in ("sessions", "speech_source")}))
+        return result
+
+    def _viewer_figures(self, viewer: Viewer, s: Session) -> dict[str, Any]:
+        started = next((e["t"] for e in s.events if e["event"] == "playback_started"), None)
+        finished = next((e["t"] for e in s.events if e["event"] == "playback_finished"), None)
+        speaking = next((e["t"] for e in s.events if e["event"] == "speaking"), None)
+        if started is None or finished is None:
+            return {"error": "no playback"}
+        frames = [f for f in viewer.video if started <= f[0] <= finished]
+        dur = finished - started
+        times = [f[0] for f in frames]
+        gaps = np.diff(times) if len(times) > 1 else np.array([0.0])
+        # Frame slots missing: a gap of g seconds hides round(g * fps) - 1 frames.
+        missing = int(sum(max(0, round(g * FPS) - 1) for g in gaps))
+        loud = [t for t, db, _ in viewer.audio if t >= (speaking or started) and db > SILENCE_DBFS]
+        mouth = [t for t, _, m in viewer.video if t >= (speaking or started) and not math.isnan(m) and m > 0.05]
+        offset, corr = av_offset_ms(viewer, started + 0.5, finished - 0.2)
+        onset_offset, pairs = av_offset_onsets_ms(viewer, started, finished)
+        return {
+            "fps": round(len(frames) / dur, 2),
+            "frames": len(frames),
+            "speech_s": round(dur, 2),
+            "drop_ratio": round(max(0.0, 1 - len(frames) / (dur * FPS)), 4),
+            "missing_slots": missing,
+            "frame_gap_p99_ms": round(stats.percentile(list(gaps * 1000), 99), 1),
+            "av_offset_ms": offset,
+            "av_correlation": corr,
+            "av_offset_onsets_ms": onset_offset,
+            "av_onset_pairs": pairs,
+            "first_audio_at_viewer_ms": round(1000 * (loud[0] - speaking), 1) if loud and speaking else math.nan,
+            "first_open_mouth_at_viewer_ms": round(1000 * (mouth[0] - speaking), 1) if mouth and speaking else math.nan,
+        }
+
+    async def _wait_http(self, http: aiohttp.ClientSession, url: str, launcher: Any, key: str) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not launcher.is_running(key):
+                raise RuntimeError(f"runner {key} exited: {launcher.status(key)}")
+            try:
+                if (await http_get(http, url))[0] == 200:
+                    return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{url} did not answer in {STARTUP_TIMEOUT_S} s")
+
+    async def _sample(self, http: aiohttp.ClientSession, s: Session) -> tuple[float, float, float, float]:
+        assert s.proc is not None
+        t = time.time()
+        cpu = s.proc.cpu_times()
+        _, page = await http_get(http, f"http://127.0.0.1:{s.port}/metrics")
+        s.page = page
+        return (t, cpu.user + cpu.system, metric(page, "avatar_video_frames_published_total"), metric(page, "avatar_video_frames_dropped_total"))
+
+    async def _follow(self, http: aiohttp.ClientSession, s: Session) -> None:
+        assert s.agent is not None and s.agent.stdout is not None
+        async for line in s.agent.stdout:
+            event = json.loads(line)
+            s.events.append(event)
+            if event["event"] == "playback_started" and s.at_start is None:
+                s.at_start = await self._sample(http, s)
+            elif event["event"] == "playback_finished" and s.at_end is None:
+                s.at_end = await self._sample(http, s)
+        code = await s.agent.wait()
+        if code != 0:
+            raise RuntimeError(f"demo agent {s.j} exited {code}")
+
+    async def run_k_safe(self, k: int, speech_s: float, with_viewer: bool) -> dict[str, Any]:
+        """run_k, with a failure recorded as the result (a runner that dies under load is a finding)."""
+        try:
+            return await self.run_k(k, speech_s, with_viewer)
+        except Exception as e:  # noqa: BLE001
+            reasons = []
+            for f in sorted((self.artifacts / f"media-k{k}" / "runners").glob("*.termination-log")):
+                text = f.read_text().strip()
+                if text:
+                    reasons.append(f"{f.stem}: {text}")
+            log(f"runner k={k} failed: {type(e).__name__}: {e}; runner exits: {reasons}")
+            return {"k": k, "error": f"{type(e).__name__}: {e}", "runner_exits": reasons, "holds_25fps": False, "sessions": []}
+
+    async def run(self) -> dict[str, Any]:
+        first = await self.run_k_safe(1, self.speech_s, with_viewer=True)
+        scan = [first] + [await self.run_k_safe(k, self.scan_speech_s, with_viewer=False) for k in self.ks if k != 1]
+        viewer = first.get("viewer", {})
+        s0 = first["sessions"][0] if first["sessions"] else {}
+        held = [r for r in scan if r.get("holds_25fps")]
+        k_max = max((r["k"] for r in held), default=0)
+        at = next((r for r in held if r["k"] == k_max), first)
+        cores = at.get("cpu_cores_per_session") or math.nan
+        return {
+            "renderer": "portrait (built-in CPU renderer, not bitHuman)",
+            "speech_s": viewer.get("speech_s"),
+            "speech_source": first.get("speech_source"),
+            "first_frame_ms": s0.get("first_frame_ms"),
+            "fps": viewer.get("fps"),
+            "drop_ratio": viewer.get("drop_ratio"),
+            "av_offset_ms": viewer.get("av_offset_ms"),
+            "av_correlation": viewer.get("av_correlation"),
+            "av_offset_onsets_ms": viewer.get("av_offset_onsets_ms"),
+            "av_onset_pairs": viewer.get("av_onset_pairs"),
+            "first_audio_at_viewer_ms": viewer.get("first_audio_at_viewer_ms"),
+            "frame_gap_p99_ms": viewer.get("frame_gap_p99_ms"),
+            "runner_fps": s0.get("runner_fps"),
+            "runner_drop_ratio": s0.get("runner_drop_ratio"),
+            "cpu_cores_per_session": s0.get("cpu_cores"),
+            "sessions_per_core": round(1 / cores, 2) if cores and not math.isnan(cores) else math.nan,
+            "k_max_25fps": k_max,
+            "k_scan": [{kk: v for kk, v in r.items() if kk != "viewer"} for r in scan],
+        }
