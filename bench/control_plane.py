@@ -140,7 +140,10 @@ class Watcher:
     def seen(self, kind: str, name: str, what: str) -> float | None:
         return self.marks.get((kind, name), {}).get(what)
 
-    async def wait_all(self, keys: list[tuple[str, str]], whats: tuple[str, ...], timeout: float, stop_on: tuple[str, ...] = ("Failed",)) -> list[tuple[str, str]]:
+    async def wait_all(
+        self, keys: list[tuple[str, str]], whats: tuple[str, ...], timeout: float,
+        stop_on: tuple[str, ...] = ("Failed",), alive: Callable[[], bool] | None = None,
+    ) -> list[tuple[str, str]]:
         """Waits until each key reached one of `whats` (or a stop_on mark); returns the keys that did not."""
         deadline = time.monotonic() + timeout
         while True:
@@ -149,6 +152,8 @@ class Watcher:
                 return missing
             if self.proc is not None and self.proc.returncode is not None:
                 raise RuntimeError("the watcher exited")
+            if alive is not None and not alive():
+                raise RuntimeError("the operator exited")
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
@@ -347,7 +352,7 @@ class ControlPlane:
             w = await Watcher.start(self.kubeconfig, ns)
             # A first session shows the operator is up and watching this namespace.
             await self.kube.create(session_manifest(mode, ns, "warmup"))
-            if await w.wait_all([("s", "warmup")], ("Starting",), 90):
+            if await w.wait_all([("s", "warmup")], ("Starting",), 90, alive=op.alive):
                 raise RuntimeError(f"the operator did not start the warm-up session in {ns}; see {op.log}")
             await asyncio.sleep(1.0)
             cpu0, rss0 = op.cpu_s(), op.rss_mb()
@@ -357,7 +362,7 @@ class ControlPlane:
             t_begin = time.monotonic()
             t0 = await self.burst(n, lambda i: self.kube.create(session_manifest(mode, ns, names[i])))
             t_created = time.monotonic()
-            missing = await w.wait_all([("s", x) for x in names], ("Starting", "Running"), self.cfg.timeout_s)
+            missing = await w.wait_all([("s", x) for x in names], ("Starting", "Running"), self.cfg.timeout_s, alive=op.alive)
             if mode != "cloud":
                 missing += await w.wait_all([("p", f"{x}-runner") for x in names], ("Running",), 60)
             cpu1 = op.cpu_s()

@@ -297,7 +297,25 @@ class MediaBench:
                         "--wav", str(wav), "--lead-in", "1.5", "--linger", "1.0",
                         cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=open(work / f"agent-{s.j}.log", "wb"),
                     )
-                await asyncio.wait_for(asyncio.gather(*(self._follow(http, s) for s in sessions)), speech_s + STARTUP_TIMEOUT_S)
+                async def watchdog() -> None:
+                    # A runner that dies leaves its agent waiting for playback: fail now, not at the timeout.
+                    while True:
+                        await asyncio.sleep(0.5)
+                        for s in sessions:
+                            if not launcher.is_running(f"s{s.j}") and s.at_end is None:
+                                raise RuntimeError(f"runner {s.j} exited: {launcher.status(f's{s.j}')}")
+
+                followers = asyncio.gather(*(self._follow(http, s) for s in sessions))
+                dog = asyncio.ensure_future(watchdog())
+                try:
+                    done, _ = await asyncio.wait({followers, dog}, timeout=speech_s + STARTUP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+                    if not done:
+                        raise TimeoutError(f"speech did not finish in {speech_s + STARTUP_TIMEOUT_S:.0f} s")
+                    for fut in done:
+                        fut.result()
+                finally:
+                    dog.cancel()
+                    followers.cancel()
             finally:
                 for s in sessions:
                     if s.agent is not None and s.agent.returncode is None:

@@ -169,8 +169,20 @@ def run_main(coro: Any) -> Any:
     async def wrapper() -> Any:
         task = asyncio.ensure_future(coro)
         loop = asyncio.get_running_loop()
+        stopping = []
+
+        def stop(signum: int) -> None:
+            # The first signal cancels the run; its cleanup then runs to the end
+            # whatever else arrives (a second Ctrl-C must not leave nodes behind).
+            if not stopping:
+                stopping.append(signum)
+                print(f"[bench] signal {signum}: stopping, cleaning up", file=sys.stderr, flush=True)
+                task.cancel()
+            else:
+                print("[bench] still cleaning up; please wait", file=sys.stderr, flush=True)
+
         for s in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(s, task.cancel)
+            loop.add_signal_handler(s, stop, s)
         return await task
 
     return asyncio.run(wrapper())
