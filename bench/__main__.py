@@ -194,9 +194,15 @@ async def main(args: argparse.Namespace) -> int:
             profile=pathlib.Path(args.profile).resolve() if args.profile else None, variant=args.variant,
         )
         cp = ControlPlane(env, cfg, artifacts)
-        await cp.setup()
+        failed: BaseException | None = None
         try:
+            await cp.setup()
             out = await cp.run()
+        except Exception as e:  # noqa: BLE001 - keep what was measured, say what broke
+            failed = e
+            out = dict(cp.partial)
+            out["error"] = f"{type(e).__name__}: {e}"
+            log(f"control plane part failed: {out['error']}; keeping the {len(out) - 3} finished group(s)")
         finally:
             await cp.teardown()
         for mode, per in out.items():
@@ -207,6 +213,8 @@ async def main(args: argparse.Namespace) -> int:
         res["control_plane"] = out
         res["machine"]["loadavg_after_control_plane"] = [round(x, 2) for x in os.getloadavg()]
         write(res, latencies, args)  # kept even if the runner part fails
+        if failed is not None and isinstance(failed, OSError):
+            raise failed  # the stack is gone: nothing more to measure
     if args.only in (None, "runner"):
         from bench.media import MediaBench
 

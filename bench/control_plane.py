@@ -194,6 +194,7 @@ class ControlPlane:
     namespaces: list[str] = field(default_factory=list)
     http: aiohttp.ClientSession | None = None
     stack_cpu: StackCPU | None = None
+    partial: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kubeconfig(self) -> str:
@@ -235,6 +236,10 @@ class ControlPlane:
         log(f"{len(self.nodes)} bench kwok nodes up ({NODE_CAPACITY['nvidia.com/gpu']} GPUs, {NODE_CAPACITY['pods']} pods each)")
 
     async def teardown(self) -> None:
+        if not hasattr(self, "kube"):
+            if self.fake is not None:
+                self.fake.stop()
+            return
         for ns in list(self.namespaces):
             try:
                 if ns.startswith(OP_PREFIX):
@@ -567,6 +572,7 @@ class ControlPlane:
 
     async def run(self) -> dict[str, Any]:
         out: dict[str, Any] = {"concurrency": self.cfg.concurrency, "bench_nodes": NODE_COUNT}
+        self.partial = out  # what is done so far, for a run cut short
         idle_done = False
         for mode, sizes in self.cfg.sizes.items():
             per_mode: dict[str, Any] = {}
@@ -615,7 +621,7 @@ class ControlPlane:
                         out["operator_rss_mb_1000_idle"] = idle["rss_mb"]
                         out["idle_1000"] = idle
                         idle_done = True
-            out[mode] = per_mode
+                out[mode] = per_mode
         return out
 
 
