@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from avatar_operator import credentials, kube, manifests, metrics, room, session, signals
+from avatar_operator import credentials, kube, manifests, metrics, room, session, signals, storage
 from avatar_operator import settings as settings_mod
 from avatar_operator import spec as spec_mod
 
@@ -18,12 +18,10 @@ FINALIZER = f"{manifests.GROUP}/cleanup"
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # Progress and the last-handled spec go into annotations, never status:
-    # status holds only what the resource's schema says.
+    # Handler progress goes into annotations, never status: status holds only
+    # what the resource's schema says. No last-handled spec is kept (see storage).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=manifests.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=manifests.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = storage.NoDiffBaseStorage()
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 270

@@ -65,10 +65,13 @@ class Worker:
     http: aiohttp.ClientSession
     logger: logging.Logger | kopf.Logger
     stopped: kopf.DaemonStopped
+    # What the worker has decided, and what the API server has of it.
     status: dict[str, Any] = dataclasses.field(default_factory=dict)
+    written: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.status = copy.deepcopy(dict(self.body.get("status") or {}))
+        self.written = copy.deepcopy(self.status)
         meta = self.body.metadata
         self.ref = manifests.SessionRef(name=str(meta.name), namespace=str(meta.namespace), uid=str(meta.uid))
         self.mailbox = signals.mailbox(self.ref.uid)
@@ -86,10 +89,16 @@ class Worker:
         conditions: tuple[tuple[Cond, bool, Reason, str], ...] = (),
         event: tuple[str, str] | None = None,
         warning: bool = False,
+        flush: bool = True,
         **fields: Any,
     ) -> None:
-        """Updates status (phase, conditions, fields), patches it when it changed,
-        and posts an Event for the step."""
+        """Updates status (phase, conditions, fields) and posts an Event for the step.
+
+        The status is written at once, or with flush=False it rides on the next
+        write: each write costs the API server a validation and a fan-out to
+        every watcher, so progress nobody acts on waits for the step after it.
+        The worker flushes before anything it waits on (the scheduler, LiveKit,
+        bitHuman, a retry), so status never lags behind a wait."""
         new = copy.deepcopy(self.status)
         t = now()
         if phase is not None:
@@ -102,12 +111,18 @@ class Worker:
         new["conditions"] = conds
         new["observedGeneration"] = self.generation
         new.update({k: v for k, v in fields.items()})
-        if new != self.status:
-            if not await kube.patch_status(self.ref.namespace, self.ref.name, new):
-                raise Ended  # the session is gone (deleted while we worked)
-            self.status = new
+        self.status = new
+        if flush:
+            await self.flush()
         if event is not None:
             (kopf.warn if warning else kopf.info)(self.body, reason=event[0], message=event[1])
+
+    async def flush(self) -> None:
+        """Writes the decided status when it differs from what the API server has."""
+        if self.status != self.written:
+            if not await kube.patch_status(self.ref.namespace, self.ref.name, self.status):
+                raise Ended  # the session is gone (deleted while we worked)
+            self.written = copy.deepcopy(self.status)
 
     def condition(self, ctype: Cond) -> Mapping[str, Any] | None:
         for c in self.status.get("conditions") or []:
@@ -178,6 +193,7 @@ class Worker:
             mode=spec.mode.value,
             avatarIdentity=identity or spec_mod.DEFAULT_AVATAR_IDENTITY,
             startTime=self.status.get("startTime") or stamp(now()),
+            flush=False,
         )
         return spec
 
@@ -223,9 +239,12 @@ class Worker:
                 delay = min(delay * 2, 30.0)
                 continue
             if not self.is_true(Cond.CREDENTIALS_READY):
+                # An Event only when it ends a wait that earlier Events reported.
+                was_missing = self.condition(Cond.CREDENTIALS_READY) is not None
                 await self.record(
                     conditions=((Cond.CREDENTIALS_READY, True, Reason.CREDENTIALS_FOUND, "LiveKit and bitHuman credentials found"),),
-                    event=(Reason.CREDENTIALS_FOUND.value, "credentials found"),
+                    event=(Reason.CREDENTIALS_FOUND.value, "credentials found") if was_missing else None,
+                    flush=False,
                 )
             return lk, bh
 
@@ -281,18 +300,25 @@ class Worker:
             else:
                 await kube.create(pod)
             gpus = manifests.gpu_count(spec)
+            # Written with the next step: a restart that finds no runnerPod
+            # creates the same names again and finds them there (409).
             await self.record(
                 conditions=((Cond.RUNNER_SCHEDULED, False, Reason.POD_CREATED, f"runner pod {pod_name} created ({gpus} GPU); waiting for the scheduler"),),
                 event=(Reason.POD_CREATED.value, f"created runner pod {pod_name} and its token Secret"),
                 runnerPod=pod_name,
+                flush=False,
             )
-        if self.mailbox.pod is None:
+        elif self.mailbox.pod is None:
             # After a restart the pod watch may not have spoken yet: look once.
             pod_obj = await kube.read_pod(self.ref.namespace, pod_name)
             if pod_obj is not None and self.mailbox.pod is None:
                 self.mailbox.pod = pod_obj
 
-    async def follow_pod(self) -> None:
+    def waiting(self, identity: str, present: bool = False) -> tuple[Cond, bool, Reason, str]:
+        why = "joined, not yet publishing video" if present else "not in the room yet"
+        return (Cond.READY, False, Reason.WAITING_FOR_AVATAR, f"avatar {identity!r} {why}")
+
+    async def follow_pod(self, identity: str) -> None:
         """Turns the runner pod's newest state into conditions and the phase."""
         if self.mailbox.pod_deleted and self.mailbox.pod is None:
             await self.fail(Reason.RUNNER_FAILED, "the runner pod was deleted", Cond.RUNNER_SCHEDULED)
@@ -313,7 +339,10 @@ class Worker:
         elif state.node and not self.is_true(Cond.RUNNER_SCHEDULED):
             await self.record(
                 phase=Phase.STARTING,
-                conditions=((Cond.RUNNER_SCHEDULED, True, Reason.SCHEDULED, f"runner pod on node {state.node}"),),
+                conditions=(
+                    (Cond.RUNNER_SCHEDULED, True, Reason.SCHEDULED, f"runner pod on node {state.node}"),
+                    *(() if self.is_true(Cond.READY) else (self.waiting(identity),)),
+                ),
                 event=(Reason.SCHEDULED.value, f"runner pod scheduled on {state.node}"),
             )
 
@@ -333,11 +362,12 @@ class Worker:
         if request_state.get("acceptedTime"):
             return
         identity, name = self.identity(spec)
-        # The key is recorded before the first send: a restarted operator sends
-        # the same key, and the API answers a repeat as it did the first time.
+        # The key is recorded before the first send (it rides on the write of
+        # attempt 1, which precedes the POST): a restarted operator sends the
+        # same key, and the API answers a repeat as it did the first time.
         key = request_state.get("idempotencyKey") or self.ref.uid
         if not request_state.get("idempotencyKey"):
-            await self.record(cloudRequest={"idempotencyKey": key, "sentTime": stamp(now())})
+            await self.record(cloudRequest={"idempotencyKey": key, "sentTime": stamp(now())}, flush=False)
 
         attributes: dict[str, str] = {}
         if spec.avatar_id:
@@ -408,7 +438,10 @@ class Worker:
         if isinstance(outcome, cloud.Accepted):
             await self.record(
                 phase=Phase.STARTING,
-                conditions=((Cond.CLOUD_REQUEST_ACCEPTED, True, Reason.REQUEST_ACCEPTED, f"bitHuman accepted the request (HTTP {outcome.status}) after {result.attempts} attempt(s)"),),
+                conditions=(
+                    (Cond.CLOUD_REQUEST_ACCEPTED, True, Reason.REQUEST_ACCEPTED, f"bitHuman accepted the request (HTTP {outcome.status}) after {result.attempts} attempt(s)"),
+                    self.waiting(identity),
+                ),
                 event=(Reason.REQUEST_ACCEPTED.value, f"bitHuman accepted the request after {result.attempts} attempt(s)"),
                 attempts=result.attempts,
                 cloudRequest={"idempotencyKey": key, "sentTime": self.status.get("cloudRequest", {}).get("sentTime"), "acceptedTime": stamp(now())},
@@ -446,12 +479,12 @@ class Worker:
         loop = asyncio.get_running_loop()
         while True:
             if spec.mode == spec_mod.Mode.LOCAL:
-                await self.follow_pod()
+                await self.follow_pod(identity)
             await self.check_deadline(spec, client, identity)
             try:
                 seen = await client.observe(spec.room, identity, spec.agent_identity)
             except Exception as e:  # noqa: BLE001 - LiveKit down must not fail the session
-                await self.record(conditions=((Cond.READY, False, Reason.LIVEKIT_UNREACHABLE, f"cannot ask LiveKit about room {spec.room!r}: {e}"),))
+                await self.record(conditions=((Cond.READY, False, Reason.LIVEKIT_UNREACHABLE, f"cannot ask LiveKit about room {spec.room!r}: {e}"),), flush=False)
             else:
                 if seen.avatar_publishing_video:
                     if not self.is_true(Cond.READY):
@@ -472,10 +505,10 @@ class Worker:
                         await self.succeed(Reason.AVATAR_LEFT, f"avatar {identity!r} left room {spec.room!r}")
                     interval = 1.0
                 elif not self.is_true(Cond.READY):
-                    why = "joined, not yet publishing video" if seen.avatar_present else "not in the room yet"
-                    await self.record(conditions=((Cond.READY, False, Reason.WAITING_FOR_AVATAR, f"avatar {identity!r} {why}"),))
+                    await self.record(conditions=(self.waiting(identity, seen.avatar_present),), flush=False)
             if self.stopped.is_set():
                 raise Ended
+            await self.flush()
             await self.mailbox.wait(interval)
             if self.stopped.is_set():
                 raise Ended

@@ -52,10 +52,9 @@ IDENTITY_MAX = 256  # LiveKit room names and participant identities
 PATH_MAX = 4096  # Linux PATH_MAX
 URL_MAX = 2048
 TEXT_MAX = 1024  # image references, CSI driver options and other short strings
-# avatarImage holds base64 image data inline. Two copies of the spec can end up
-# in annotations (kubectl's last-applied-configuration and kopf's
-# last-handled-configuration), and Kubernetes caps all annotations of an
-# object at 256 KiB together; 96 KiB leaves room for both. It also keeps the
+# avatarImage holds base64 image data inline. A copy of the spec can end up in
+# kubectl's last-applied-configuration annotation, and Kubernetes caps all
+# annotations of an object at 256 KiB together. 96 KiB keeps the
 # base64 CEL rule within the apiserver's runtime limit of 1,000,000 per rule
 # (`matches` costs ceil((size+1)/10) * ceil(len(regex)/4): 9,831 * 46 here; at
 # 1 MiB it would be ~4.8M and a valid image would be refused for cost). Larger

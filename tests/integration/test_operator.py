@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from typing import Any
 
+import kubernetes
 import pytest
 from livekit import api, rtc
 
@@ -72,7 +74,9 @@ def test_local_session_owns_one_token_secret_and_one_gpu_runner_pod(stack: Stack
     assert env["LIVEKIT_TOKEN_FILE"]["value"].startswith("/var/run/secrets/avatar-operator/")
     assert "LIVEKIT_API_SECRET" not in env  # the runner never gets the LiveKit API secret
     reasons = {e["reason"] for e in events(stack, ns, "local-a")}
-    assert {"Valid", "CredentialsFound", "PodCreated", "Scheduled"} <= reasons
+    assert {"Valid", "PodCreated", "Scheduled"} <= reasons
+    # Credentials were there from the start: no wait ended, so no Event says so.
+    assert "CredentialsFound" not in reasons
 
     stack.kubectl("delete", "avatarsession", "local-a", "-n", ns, "--timeout=60s")
     wait_for("owned objects removed", lambda: not owned(stack, ns, "pods") and not owned(stack, ns, "secrets"))
@@ -119,6 +123,7 @@ def test_missing_credentials_wait_then_proceed(stack: Stack, operator: Operator,
     assert not get_json(stack, "pods", "-n", ns)["items"]
     stack.kubectl("apply", "-n", ns, "-f", "-", input=secret_manifest("bithuman-credentials", {"BITHUMAN_API_TOKEN": "tok"}))
     wait_for("the session to proceed by itself", lambda: status(stack, ns, "waits").get("runnerPod") == "waits-runner", timeout=90)
+    assert "CredentialsFound" in {e["reason"] for e in events(stack, ns, "waits")}
     stack.kubectl("delete", "avatarsession", "waits", "-n", ns, "--timeout=60s")
 
 
@@ -162,6 +167,45 @@ def test_cloud_session_retries_503_then_is_accepted(stack: Stack, operator: Oper
     assert BITHUMAN_SECRET not in json.dumps(dict(token.attributes))
     sessions = [s for s in fake_api.sessions() if s["room_name"] == "room-cloud-a"]
     assert len(sessions) == 1
+
+
+def test_cloud_session_reaches_starting_in_two_status_writes(stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str) -> None:
+    """Every write costs the API server a validation and a fan-out to each
+    watcher: a cloud session writes status twice on its way to Starting (the
+    idempotency key with attempt 1, before the POST; then accepted), and kopf
+    writes only its finalizer (no last-handled-configuration)."""
+    ns = credentials
+    seen: list[dict[str, Any]] = []
+
+    def watch() -> None:
+        w = kubernetes.watch.Watch()
+        client = kubernetes.client.CustomObjectsApi(kubernetes.config.new_client_from_config(stack.kubeconfig))
+        for ev in w.stream(
+            client.list_namespaced_custom_object, "avatar-operator.dev", "v1alpha1", ns, "avatarsessions",
+            field_selector="metadata.name=cloud-writes", timeout_seconds=60,
+        ):
+            seen.append(ev)
+            if (ev["object"].get("status") or {}).get("phase") == "Starting":
+                w.stop()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(0.5)  # the watch is open before the session exists
+    _cloud(fake_api, stack, ns, "cloud-writes")
+    watcher.join(60)
+    assert seen and seen[0]["type"] == "ADDED"
+    objs = [e["object"] for e in seen]
+    assert objs[-1]["status"]["phase"] == "Starting", objs[-1].get("status")
+    status_writes = [o["status"] for prev, o in zip(objs, objs[1:]) if o.get("status") != prev.get("status")]
+    assert len(status_writes) == 2, [w.get("conditions") for w in status_writes]
+    first = status_writes[0]
+    assert first["cloudRequest"]["idempotencyKey"] and first["attempts"] == 1
+    assert {c["type"]: c["status"] for c in first["conditions"]} == {"Accepted": "True", "CredentialsReady": "True", "CloudRequestAccepted": "False"}
+    ready = condition(status_writes[1], "Ready")
+    assert ready is not None and ready["reason"] == "WaitingForAvatar"
+    assert len(objs) == 1 + 1 + 2, "one ADDED, the finalizer, two status writes"
+    assert not any("last-handled" in k for k in objs[-1]["metadata"].get("annotations") or {})
+    stack.kubectl("delete", "avatarsession", "cloud-writes", "-n", ns, "--timeout=60s")
 
 
 def test_cloud_session_fails_at_once_on_401(stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str) -> None:
