@@ -39,6 +39,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         # Local runner processes live no longer than the operator that started them.
         process_launcher.stop_all()
     await memo.http.close()
+    await kube.close()
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=10.0, backoff=5.0)

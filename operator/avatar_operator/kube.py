@@ -1,69 +1,122 @@
 """The few Kubernetes API calls the operator makes, as async functions.
 
-The official client is synchronous; calls run in a thread pool sized for a
-burst of sessions (the default pool of cpu+4 threads throttles it). Reads take
-the raw JSON (`_preload_content=False`): building the client's model objects
-cost more CPU than the request. Each call names one verb the RBAC in the chart
-grants.
+The requests are plain JSON over aiohttp on kopf's event loop. The official
+client is synchronous: in a thread pool its calls contended with kopf's loop
+for the GIL, building its model objects cost more CPU than the requests, and
+its API modules alone held 21 MB. Where to connect and how to authenticate
+still come from the kubernetes library's config loader (in-cluster service
+account with token refresh, or KUBECONFIG). Each call names one verb the RBAC
+in the chart grants.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
-import functools
+import dataclasses
 import json
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Mapping
+from typing import Any
 
+import aiohttp
 import kubernetes
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
 
 from avatar_operator import manifests
 
-T = TypeVar("T")
+TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
+# A burst of sessions: enough connections that status writes do not queue
+# behind each other, few enough that the API server's priority and fairness
+# sees one well-behaved client.
+POOL = 32
 
-_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube")
-_client: ApiClient | None = None
+MERGE_PATCH = "application/merge-patch+json"
+PLURALS = {"Secret": "secrets", "Pod": "pods", "ConfigMap": "configmaps"}
+
+
+class ApiError(Exception):
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+@dataclasses.dataclass
+class _Connection:
+    config: kubernetes.client.Configuration
+    ssl: ssl.SSLContext | bool
+    session: aiohttp.ClientSession | None = None
+
+
+_conn: _Connection | None = None
 
 
 def configure(kubeconfig: str | None = None) -> None:
     """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
-    global _client
+    global _conn
+    cfg = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config(client_configuration=cfg)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(config_file=kubeconfig)
-    cfg = kubernetes.client.Configuration.get_default_copy()
-    cfg.connection_pool_maxsize = 32
-    _client = ApiClient(cfg)
+        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    tls: ssl.SSLContext | bool = False
+    if cfg.verify_ssl:
+        tls = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    elif cfg.host.startswith("https"):
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    if cfg.cert_file and isinstance(tls, ssl.SSLContext):
+        tls.load_cert_chain(cfg.cert_file, cfg.key_file)
+    _conn = _Connection(cfg, tls)
 
 
-def _api() -> ApiClient:
-    if _client is None:
+async def close() -> None:
+    if _conn is not None and _conn.session is not None:
+        await _conn.session.close()
+        _conn.session = None
+
+
+def _connection() -> _Connection:
+    if _conn is None:
         configure()
-    assert _client is not None
-    return _client
+    assert _conn is not None
+    if _conn.session is None or _conn.session.closed:
+        _conn.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=_conn.ssl, limit=POOL), timeout=TIMEOUT
+        )
+    return _conn
 
 
-async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(_pool, functools.partial(fn, *args, **kwargs))
+async def _request(
+    method: str, path: str, body: Any = None, *, answers: tuple[int, ...] = (), content_type: str = "application/json"
+) -> tuple[int, Any]:
+    """One request; (status, decoded body). Errors other than `answers` raise."""
+    conn = _connection()
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    # Asked on every request: the loader's refresh hook re-reads a rotated
+    # service-account token.
+    token = conn.config.auth_settings().get("BearerToken")
+    if token and token["value"]:
+        headers["Authorization"] = str(token["value"])
+    assert conn.session is not None
+    async with conn.session.request(
+        method, conn.config.host + path, data=None if body is None else json.dumps(body), headers=headers
+    ) as resp:
+        text = await resp.text()
+    if resp.status >= 400 and resp.status not in answers:
+        raise ApiError(method, path, resp.status, text)
+    return resp.status, json.loads(text) if text else None
 
 
-async def _read(method: str, name: str, namespace: str) -> dict[str, Any] | None:
-    """GET one object as JSON; None when it does not exist."""
-    fn = getattr(CoreV1Api(_api()), method)
-    try:
-        resp = await _call(fn, name, namespace, _preload_content=False)
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-    obj: dict[str, Any] = json.loads(resp.data)
-    return obj
+def _path(plural: str, namespace: str, name: str | None = None) -> str:
+    return f"/api/v1/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
+
+
+async def _read(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """GET one object; None when it does not exist."""
+    status, obj = await _request("GET", _path(plural, namespace, name), answers=(404,))
+    return None if status == 404 else dict(obj)
 
 
 # A burst of sessions in one namespace reads the same Secrets: within this many
@@ -86,7 +139,7 @@ def _get_secret(namespace: str, name: str) -> Awaitable[dict[str, Any] | None]:
     if len(_secret_reads) > 1024:  # drop the stale entries of other namespaces
         for k in [k for k, (at, _) in _secret_reads.items() if t - at >= SECRET_READ_TTL_S]:
             del _secret_reads[k]
-    task = asyncio.ensure_future(_read("read_namespaced_secret", name, namespace))
+    task = asyncio.ensure_future(_read("secrets", namespace, name))
     _secret_reads[(namespace, name)] = (t, task)
     return asyncio.shield(task)
 
@@ -108,7 +161,7 @@ async def read_secret_key(namespace: str, name: str, key: str) -> bytes | None:
 
 async def read_config_map_key(namespace: str, name: str, key: str) -> bytes | None:
     """A ConfigMap key as bytes (binaryData or data), None when absent. (verb: get configmaps)"""
-    cm = await _read("read_namespaced_config_map", name, namespace)
+    cm = await _read("configmaps", namespace, name)
     if cm is None:
         return None
     binary, data = cm.get("binaryData") or {}, cm.get("data") or {}
@@ -121,48 +174,23 @@ async def read_config_map_key(namespace: str, name: str, key: str) -> bytes | No
 
 async def create(obj: Mapping[str, Any]) -> bool:
     """Creates a Secret or Pod; False when one by that name already exists. (verb: create)"""
-    core = CoreV1Api(_api())
-    fn: Callable[..., Any] = getattr(core, f"create_namespaced_{str(obj['kind']).lower()}")
-    try:
-        await _call(fn, obj["metadata"]["namespace"], obj)
-    except ApiException as e:
-        if e.status == 409:
-            return False
-        raise
-    return True
+    status, _ = await _request("POST", _path(PLURALS[str(obj["kind"])], obj["metadata"]["namespace"]), dict(obj), answers=(409,))
+    return status != 409
 
 
 async def read_pod(namespace: str, name: str) -> dict[str, Any] | None:
     """(verb: get pods)"""
-    return await _read("read_namespaced_pod", name, namespace)
+    return await _read("pods", namespace, name)
 
 
 async def delete(kind: str, namespace: str, name: str) -> None:
     """Deletes a Secret or Pod; gone already is fine. (verb: delete)"""
-    core = CoreV1Api(_api())
-    fn: Callable[..., Any] = getattr(core, f"delete_namespaced_{kind.lower()}")
-    try:
-        await _call(fn, name, namespace)
-    except ApiException as e:
-        if e.status != 404:
-            raise
+    await _request("DELETE", _path(PLURALS[kind], namespace, name), answers=(404,))
 
 
 async def patch_status(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
     """Merge-patches the session's status subresource; False when the session is gone.
     (verb: patch avatarsessions/status)"""
-    try:
-        await _call(
-            CustomObjectsApi(_api()).patch_namespaced_custom_object_status,
-            manifests.GROUP,
-            manifests.VERSION,
-            namespace,
-            "avatarsessions",
-            name,
-            {"status": dict(status)},
-        )
-    except ApiException as e:
-        if e.status == 404:
-            return False
-        raise
-    return True
+    path = f"/apis/{manifests.GROUP}/{manifests.VERSION}/namespaces/{namespace}/avatarsessions/{name}/status"
+    code, _ = await _request("PATCH", path, {"status": dict(status)}, answers=(404,), content_type=MERGE_PATCH)
+    return code != 404
