@@ -59,6 +59,15 @@ class Ended(Exception):
 
 
 @dataclasses.dataclass
+class Presence:
+    """What the worker knows of the avatar in the room between two polls."""
+
+    was_present: bool = False
+    absent_since: float | None = None  # loop time the avatar was first missed
+    interval: float = 0.5  # seconds to the next poll
+
+
+@dataclasses.dataclass
 class Worker:
     body: kopf.Body
     settings: settings_mod.Settings
@@ -68,6 +77,7 @@ class Worker:
     # What the worker has decided, and what the API server has of it.
     status: dict[str, Any] = dataclasses.field(default_factory=dict)
     written: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _live: tuple[Any, spec_mod.AvatarSessionSpec] | None = dataclasses.field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.status = copy.deepcopy(dict(self.body.get("status") or {}))
@@ -473,50 +483,65 @@ class Worker:
     async def watch(self, spec: spec_mod.AvatarSessionSpec, lk: credentials.LiveKitCredentials) -> None:
         identity, _ = self.identity(spec)
         client = room.Client(lk.url, lk.api_key, lk.api_secret, self.http)
-        interval = 0.5
-        was_present = self.is_true(Cond.READY)
-        absent_since: float | None = None
+        presence = Presence(was_present=self.is_true(Cond.READY))
         loop = asyncio.get_running_loop()
+        next_poll = loop.time()
         while True:
             if spec.mode == spec_mod.Mode.LOCAL:
                 await self.follow_pod(identity)
             await self.check_deadline(spec, client, identity)
-            try:
-                seen = await client.observe(spec.room, identity, spec.agent_identity)
-            except Exception as e:  # noqa: BLE001 - LiveKit down must not fail the session
-                await self.record(conditions=((Cond.READY, False, Reason.LIVEKIT_UNREACHABLE, f"cannot ask LiveKit about room {spec.room!r}: {e}"),), flush=False)
-            else:
-                if seen.avatar_publishing_video:
-                    if not self.is_true(Cond.READY):
-                        await self.record(
-                            phase=Phase.RUNNING,
-                            conditions=((Cond.READY, True, Reason.AVATAR_PUBLISHING, f"avatar {identity!r} is in room {spec.room!r} publishing video"),),
-                            event=(Reason.AVATAR_PUBLISHING.value, f"avatar {identity!r} is publishing video in room {spec.room!r}"),
-                            readyTime=stamp(now()),
-                        )
-                    was_present = True
-                    absent_since = None
-                    interval = 5.0
-                elif was_present and not seen.avatar_present:
-                    # A LiveKit restart or a reconnect looks like a departure for
-                    # a moment: the avatar must stay away for the grace period.
-                    absent_since = absent_since if absent_since is not None else loop.time()
-                    if loop.time() - absent_since >= self.settings.absence_grace_s:
-                        await self.succeed(Reason.AVATAR_LEFT, f"avatar {identity!r} left room {spec.room!r}")
-                    interval = 1.0
-                elif not self.is_true(Cond.READY):
-                    await self.record(conditions=(self.waiting(identity, seen.avatar_present),), flush=False)
+            # A pod event wakes the worker early; LiveKit is asked on its own schedule.
+            if loop.time() >= next_poll:
+                await self.poll_room(spec, client, identity, presence)
+                next_poll = loop.time() + presence.interval
+                if not presence.was_present:
+                    presence.interval = min(presence.interval * 1.5, 5.0)
             if self.stopped.is_set():
                 raise Ended
             await self.flush()
-            await self.mailbox.wait(interval)
+            await self.mailbox.wait(max(0.0, next_poll - loop.time()))
             if self.stopped.is_set():
                 raise Ended
-            if not was_present:
-                interval = min(interval * 1.5, 5.0)
+
+    async def poll_room(self, spec: spec_mod.AvatarSessionSpec, client: room.Client, identity: str, presence: Presence) -> None:
+        """Asks LiveKit about the room once and records what it says."""
+        loop = asyncio.get_running_loop()
+        try:
+            seen = await client.observe(spec.room, identity, spec.agent_identity)
+        except Exception as e:  # noqa: BLE001 - LiveKit down must not fail the session
+            await self.record(conditions=((Cond.READY, False, Reason.LIVEKIT_UNREACHABLE, f"cannot ask LiveKit about room {spec.room!r}: {e}"),), flush=False)
+            return
+        if seen.avatar_publishing_video:
+            if not self.is_true(Cond.READY):
+                await self.record(
+                    phase=Phase.RUNNING,
+                    conditions=((Cond.READY, True, Reason.AVATAR_PUBLISHING, f"avatar {identity!r} is in room {spec.room!r} publishing video"),),
+                    event=(Reason.AVATAR_PUBLISHING.value, f"avatar {identity!r} is publishing video in room {spec.room!r}"),
+                    readyTime=stamp(now()),
+                )
+            presence.was_present = True
+            presence.absent_since = None
+            presence.interval = 5.0
+        elif presence.was_present and not seen.avatar_present:
+            # A LiveKit restart or a reconnect looks like a departure for
+            # a moment: the avatar must stay away for the grace period.
+            if presence.absent_since is None:
+                presence.absent_since = loop.time()
+            if loop.time() - presence.absent_since >= self.settings.absence_grace_s:
+                await self.succeed(Reason.AVATAR_LEFT, f"avatar {identity!r} left room {spec.room!r}")
+            presence.interval = 1.0
+        elif not self.is_true(Cond.READY):
+            await self.record(conditions=(self.waiting(identity, seen.avatar_present),), flush=False)
+
+    def live_spec(self) -> spec_mod.AvatarSessionSpec:
+        """The spec as it is now (maxDuration may be edited while running), parsed once per generation."""
+        generation = self.body.metadata.get("generation")
+        if self._live is None or self._live[0] != generation:
+            self._live = (generation, spec_mod.parse_spec(self.body))
+        return self._live[1]
 
     async def check_deadline(self, spec: spec_mod.AvatarSessionSpec, client: room.Client, identity: str) -> None:
-        live = spec_mod.parse_spec(self.body)  # maxDuration may be edited while running
+        live = self.live_spec()
         if not live.max_duration or not self.status.get("startTime"):
             return
         started = datetime.datetime.strptime(self.status["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
