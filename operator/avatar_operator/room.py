@@ -6,7 +6,10 @@ LiveKit (RoomService) rather than trusting a pod's phase.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import datetime
+import time
 from collections.abc import Sequence
 
 import aiohttp
@@ -44,17 +47,44 @@ def view(participants: Sequence[models.ParticipantInfo], avatar_identity: str, a
     )
 
 
+# A RoomService token signed for one room, reused until half its life is gone:
+# livekit-api signs a fresh JWT for every call, which cost the operator more
+# CPU than the call itself when a thousand sessions poll.
+TOKEN_TTL = datetime.timedelta(hours=1)
+
+
 class Client:
     """A RoomService client for one LiveKit server and key pair."""
 
     def __init__(self, url: str, api_key: str, api_secret: str, session: aiohttp.ClientSession, timeout_s: float = 5.0) -> None:
-        self._api = api.LiveKitAPI(
-            http_url(url), api_key, api_secret, session=session, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        self._url = http_url(url)
+        self._key = api_key
+        self._secret = api_secret
+        self._session = session
+        self._timeout_s = timeout_s
+        self._rooms: dict[str, tuple[float, api.LiveKitAPI]] = {}
+
+    def _for(self, room: str) -> api.LiveKitAPI:
+        """The client for `room`, holding a room-admin token for that room only."""
+        hit = self._rooms.get(room)
+        if hit is not None and time.monotonic() < hit[0]:
+            return hit[1]
+        token = (
+            api.AccessToken(self._key, self._secret)
+            .with_grants(api.VideoGrants(room_admin=True, room=room))
+            .with_ttl(TOKEN_TTL)
+            .to_jwt()
         )
+        client = api.LiveKitAPI(self._url, token=token, session=self._session)
+        self._rooms[room] = (time.monotonic() + TOKEN_TTL.total_seconds() / 2, client)
+        return client
 
     async def observe(self, room: str, avatar_identity: str, agent_identity: str) -> RoomView:
+        # LiveKitAPI ignores its own timeout when given a session: bound the call here.
         try:
-            listed = await self._api.room.list_participants(api.ListParticipantsRequest(room=room))
+            listed = await asyncio.wait_for(
+                self._for(room).room.list_participants(api.ListParticipantsRequest(room=room)), self._timeout_s
+            )
         except api.TwirpError as e:
             if e.code == api.TwirpErrorCode.NOT_FOUND:
                 return RoomView(False, False, False, False)
@@ -62,9 +92,9 @@ class Client:
         return view(listed.participants, avatar_identity, agent_identity)
 
     async def remove(self, room: str, identity: str) -> bool:
-        """Removes a participant; False when it (or the room) was already gone."""
+        """Removes a participant; False when it (or the room) was already gone. The caller bounds the wait."""
         try:
-            await self._api.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
+            await self._for(room).room.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
         except api.TwirpError as e:
             if e.code == api.TwirpErrorCode.NOT_FOUND:
                 return False

@@ -81,7 +81,7 @@ class Worker:
 
     def __post_init__(self) -> None:
         self.status = copy.deepcopy(dict(self.body.get("status") or {}))
-        self.written = copy.deepcopy(self.status)
+        self.written = self.status
         meta = self.body.metadata
         self.ref = manifests.SessionRef(name=str(meta.name), namespace=str(meta.namespace), uid=str(meta.uid))
         self.mailbox = signals.mailbox(self.ref.uid)
@@ -109,7 +109,8 @@ class Worker:
         every watcher, so progress nobody acts on waits for the step after it.
         The worker flushes before anything it waits on (the scheduler, LiveKit,
         bitHuman, a retry), so status never lags behind a wait."""
-        new = copy.deepcopy(self.status)
+        # Shallow: status values are replaced, never changed in place.
+        new = dict(self.status)
         t = now()
         if phase is not None:
             new["phase"] = phase.value
@@ -132,7 +133,7 @@ class Worker:
         if self.status != self.written:
             if not await kube.patch_status(self.ref.namespace, self.ref.name, self.status):
                 raise Ended  # the session is gone (deleted while we worked)
-            self.written = copy.deepcopy(self.status)
+            self.written = self.status
 
     def condition(self, ctype: Cond) -> Mapping[str, Any] | None:
         for c in self.status.get("conditions") or []:

@@ -67,3 +67,22 @@ def test_settings_from_env() -> None:
     assert s.token_ttl_margin_s == 60.0
     assert "hidden" not in repr(s)  # credentials stay out of logs that print settings
     assert settings.Settings.from_env({}).bithuman_api_url == settings.DEFAULT_BITHUMAN_API_URL
+
+
+async def test_room_client_signs_one_room_admin_token_per_room_and_reuses_it() -> None:
+    import aiohttp
+    from livekit import api
+
+    async with aiohttp.ClientSession() as http:
+        client = room.Client("ws://127.0.0.1:7880", "key", "secret-that-is-long-enough-for-hs256", http)
+        first = client._for("room-a")
+        assert client._for("room-a") is first  # no new JWT per poll
+        other = client._for("room-b")
+        assert other is not first
+        for lk, name in ((first, "room-a"), (other, "room-b")):
+            token = lk.room._token
+            assert token is not None
+            grants = api.TokenVerifier("key", "secret-that-is-long-enough-for-hs256").verify(token).video
+            # Admin of its own room only: not room_list, not room_create, no other room.
+            assert grants.room_admin and grants.room == name
+            assert not grants.room_list and not grants.room_create and not grants.room_join
