@@ -15,7 +15,10 @@ from typing import Any
 
 import kopf
 
+
 class NoDiffBaseStorage(kopf.DiffBaseStorage):
+    """Every object's essence is empty, before and after: no diff, nothing to store."""
+
     def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
         return {}
 
