@@ -30,7 +30,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import pathlib
 import socket
 import sys

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from avatar_operator import credentials, kube, manifests, metrics, room, session, signals, storage
+from avatar_operator import credentials, kube, manifests, metrics, room, session, signals, storage, teardown
 from avatar_operator import settings as settings_mod
 from avatar_operator import spec as spec_mod
 
@@ -91,7 +91,7 @@ async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: A
         client = room.Client(lk.url, lk.api_key, lk.api_secret, memo.http)
     except credentials.MissingCredentials as e:
         logger.info("no LiveKit credentials for cleanup: %s", e.reason)
-    warning = await session.stop_session(ref, spec, client, identity, settings, logger)
+    warning = await teardown.stop_session(ref, spec, client, identity, settings, logger)
     if warning and (spec.mode == spec_mod.Mode.CLOUD or settings.launcher == settings_mod.Launcher.PROCESS):
         kopf.warn(body, reason="CleanupIncomplete", message=warning)
     signals.forget(ref.uid)

@@ -137,6 +137,11 @@ class AvatarSessionStatus(KubeModel):
     cloud_request: CloudRequest | None = Field(default=None, description="The cloud session request (cloud mode).")
 
 
+def now() -> datetime.datetime:
+    """The clock status times are read from."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 def timestamp(now: datetime.datetime) -> str:
     """`now` as Kubernetes writes times: RFC 3339, UTC, whole seconds."""
     return now.astimezone(datetime.timezone.utc).strftime(TIME_FORMAT)
