@@ -10,6 +10,7 @@ each mode live beside it: `local_mode`, `cloud_mode`, then `room_watch`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -161,6 +162,12 @@ class Worker:
             await room_watch.watch(self, spec, lk)
         except Ended:
             pass
+        except Exception:
+            # kopf retries the daemon after an error; what was decided before
+            # it is still true, so it is written rather than lost.
+            with contextlib.suppress(Exception):
+                await self.flush()
+            raise
         finally:
             signals.forget(self.ref.uid)
 

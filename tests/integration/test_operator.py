@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
+import pathlib
 import threading
 import time
 import uuid
 from typing import Any
 
 import kubernetes
+import PIL.Image
 import pytest
 from livekit import api, rtc
 
@@ -206,6 +210,29 @@ def test_cloud_session_reaches_starting_in_two_status_writes(stack: Stack, opera
     assert len(objs) == 1 + 1 + 2, "one ADDED, the finalizer, two status writes"
     assert not any("last-handled" in k for k in objs[-1]["metadata"].get("annotations") or {})
     stack.kubectl("delete", "avatarsession", "cloud-writes", "-n", ns, "--timeout=60s")
+
+
+def test_cloud_session_sends_the_image_from_a_config_map(stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str) -> None:
+    ns = credentials
+    buf = io.BytesIO()
+    PIL.Image.new("RGB", (64, 64), (200, 120, 80)).save(buf, format="PNG")
+    path = pathlib.Path(stack.dir) / f"{ns}-face.png"
+    path.write_bytes(buf.getvalue())
+    stack.kubectl("create", "configmap", "faces", "-n", ns, f"--from-file=face.png={path}")
+    stack.kubectl(
+        "apply", "-n", ns, "-f", "-",
+        input=session("cloud-cm", avatarImageFrom={"configMapKeyRef": {"name": "faces", "key": "face.png"}}, connection={"maxRetry": 2, "retryInterval": 0.2, "timeout": 2}),
+    )
+    wait_for("CloudRequestAccepted", lambda: (c := condition(status(stack, ns, "cloud-cm"), "CloudRequestAccepted")) and c["status"] == "True")
+    body = _requests_for(fake_api, "room-cloud-cm")[-1]["json"]
+    sent = PIL.Image.open(io.BytesIO(base64.b64decode(body["image"])))
+    assert sent.format == "JPEG" and sent.size == (64, 64)  # re-encoded as the plugin does
+
+    stack.kubectl("apply", "-n", ns, "-f", "-", input=session("cloud-cm-missing", avatarImageFrom={"configMapKeyRef": {"name": "faces", "key": "nope.png"}}))
+    st = wait_for("Failed", lambda: (s := status(stack, ns, "cloud-cm-missing")) and s.get("phase") == "Failed" and s)
+    c = condition(st, "CloudRequestAccepted")
+    assert c is not None and c["reason"] == "ImageNotFound" and "ConfigMap 'faces' key 'nope.png' not found" in c["message"]
+    stack.kubectl("delete", "avatarsessions", "--all", "-n", ns, "--timeout=60s")
 
 
 def test_cloud_session_fails_at_once_on_401(stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str) -> None:
