@@ -66,7 +66,7 @@ bench: $(STAMP)
 	if [ "$${KEEP_STACK:-0}" != 1 ]; then $(MAKE) --no-print-directory stack-down; fi; \
 	exit $$status
 
-# Faults, restarts, bad input and secret hygiene (~9 min): stops and starts the
+# Faults, restarts, bad input and secret hygiene (~7 min): stops and starts the
 # stack's own kube-apiserver and livekit-server, so it runs on a stack of its
 # own. Writes bench/results/reliability.json.
 reliability: $(STAMP)
