@@ -239,7 +239,7 @@ def cli() -> int:
     p.add_argument("--scan-speech", type=float, default=20.0, help="seconds of speech for k > 1 (default: %(default)s)")
     p.add_argument("--ks", default="1,2,4", help="concurrent runner sessions to try (default: %(default)s)")
     p.add_argument("--profile", metavar="DIR", help="run the operator under bench.opprofile, results in DIR")
-    p.add_argument("--variant", metavar="NAMES", help="also run the operator with bench.opvariant patches (e.g. async-kube,lazy-jsonpatch)")
+    p.add_argument("--variant", metavar="NAMES", help="also run the operator with bench.opvariant patches (e.g. lazy-jsonpatch)")
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = p.parse_args()
     if args.quick:
