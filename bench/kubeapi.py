@@ -7,6 +7,7 @@ official client's model (de)serialisation. Only what the bench needs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -76,17 +77,23 @@ class Kube:
         self, method: str, path: str, body: Any = None, *, content_type: str = "application/json", ok404: bool = False, **params: Any
     ) -> Any:
         data = None if body is None else json.dumps(body)
-        async with self.session.request(
-            method, self.host + path, data=data, params={k: str(v) for k, v in params.items()} or None,
-            headers={"Content-Type": content_type, "Accept": "application/json"},
-            timeout=aiohttp.ClientTimeout(total=120),
-        ) as r:
-            text = await r.text()
-            if r.status == 404 and ok404:
-                return None
-            if r.status >= 400:
-                raise ApiError(r.status, text)
-            return json.loads(text) if text else None
+        for _ in range(10):
+            async with self.session.request(
+                method, self.host + path, data=data, params={k: str(v) for k, v in params.items()} or None,
+                headers={"Content-Type": content_type, "Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=120),
+            ) as r:
+                text = await r.text()
+            # A fresh stack answers 429 "storage is (re)initializing" for a
+            # moment after a CRD appears: wait as told, as client-go does.
+            if r.status != 429 or "Retry-After" not in r.headers:
+                break
+            await asyncio.sleep(min(float(r.headers["Retry-After"]), 10.0))
+        if r.status == 404 and ok404:
+            return None
+        if r.status >= 400:
+            raise ApiError(r.status, text)
+        return json.loads(text) if text else None
 
     async def create(self, obj: Mapping[str, Any]) -> Any:
         return await self.request("POST", path_for(obj), obj)

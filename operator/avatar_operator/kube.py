@@ -31,6 +31,7 @@ TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 # sees one well-behaved client.
 POOL = 32
 
+RETRIES_AFTER_429 = 10
 MERGE_PATCH = "application/merge-patch+json"
 PLURALS = {"Secret": "secrets", "Pod": "pods", "ConfigMap": "configmaps"}
 
@@ -100,10 +101,15 @@ async def _request(
     if token and token["value"]:
         headers["Authorization"] = str(token["value"])
     assert conn.session is not None
-    async with conn.session.request(
-        method, conn.config.host + path, data=None if body is None else json.dumps(body), headers=headers
-    ) as resp:
-        text = await resp.text()
+    data = None if body is None else json.dumps(body)
+    for _ in range(RETRIES_AFTER_429):
+        async with conn.session.request(method, conn.config.host + path, data=data, headers=headers) as resp:
+            text = await resp.text()
+        # As client-go does: a 429 with Retry-After (priority and fairness, or
+        # "storage is (re)initializing" after a restart) is a request to wait.
+        if resp.status != 429 or "Retry-After" not in resp.headers:
+            break
+        await asyncio.sleep(min(float(resp.headers["Retry-After"]), 10.0))
     if resp.status >= 400 and resp.status not in answers:
         raise ApiError(method, path, resp.status, text)
     return resp.status, json.loads(text) if text else None
