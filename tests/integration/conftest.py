@@ -10,56 +10,23 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT, RUN_PREFIX, Stack
+from tests.fakes.process import FakeProcess
 
 BITHUMAN_SECRET = "bh-account-secret-" + os.urandom(12).hex()
 BITHUMAN_TOKEN = "bh-api-token-" + os.urandom(12).hex()
 
 
-class FakeAPI:
+class FakeAPI(FakeProcess):
     """tests.fakes.bithuman_api running as a process; driven over its control endpoints."""
 
     def __init__(self, log: pathlib.Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes.bithuman_api", "--port", "0", "--api-secret", BITHUMAN_SECRET, "--api-token", BITHUMAN_TOKEN],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=open(log, "w"),
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the fake bitHuman API did not start; see {log}")
-        self.urls: dict[str, str] = json.loads(line)
-
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.urls["base_url"] + path, data=data, method=method, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read() or b"null")
-
-    def script(self, entries: list[dict[str, Any]], route: str = "session") -> None:
-        self._call("POST", f"/_control/script?route={route}", entries)
-
-    def requests(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/_control/requests"))
-
-    def sessions(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/_control/sessions"))
-
-    def reset(self) -> None:
-        self._call("POST", "/_control/reset", {})
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        super().__init__("tests.fakes.bithuman_api", log, api_secret=BITHUMAN_SECRET, api_token=BITHUMAN_TOKEN)
 
 
 class Operator:

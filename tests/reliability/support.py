@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -32,6 +31,7 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import ROOT, Stack
+from tests.fakes.process import FakeProcess
 
 GROUP, VERSION, PLURAL = "avatar-operator.dev", "v1alpha1", "avatarsessions"
 FINALIZER = "avatar-operator.dev/cleanup"
@@ -302,51 +302,11 @@ class StackControl:
         return bool(self.mod.running(name))
 
 
-class FakeProc:
+class FakeProc(FakeProcess):
     """tests.reliability.timed_fake as a process, driven over its /_control endpoints."""
 
     def __init__(self, log: pathlib.Path) -> None:
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.timed_fake", "--port", "0", "--api-secret", BITHUMAN_SECRET, "--api-token", BITHUMAN_TOKEN],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=open(log, "w"),
-            text=True,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the fake bitHuman API did not start; see {log}")
-        self.urls: dict[str, str] = json.loads(line)
-
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.urls["base_url"] + path, data=data, method=method, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=20) as r:
-            return json.loads(r.read() or b"null")
-
-    def script(self, entries: list[dict[str, Any]], route: str = "session") -> None:
-        self._call("POST", f"/_control/script?route={route}", entries)
-
-    def requests(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/_control/requests"))
-
-    def sessions(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/_control/sessions"))
-
-    def reset(self) -> None:
-        self._call("POST", "/_control/reset", {})
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__("tests.reliability.timed_fake", log, api_secret=BITHUMAN_SECRET, api_token=BITHUMAN_TOKEN, timeout=20)
 
 
 class OperatorProc:
