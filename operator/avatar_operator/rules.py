@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import re
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
@@ -387,6 +388,38 @@ def _shape_problems(error: pydantic.ValidationError) -> list[Problem]:
     return problems
 
 
+def _model_in(annotation: Any) -> type[pydantic.BaseModel] | None:
+    """The model an annotation holds (through Optional, Annotated and lists), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _null_unknown_fields(value: Any, model: type[pydantic.BaseModel], loc: tuple[int | str, ...] = ()) -> list[Problem]:
+    """Unknown fields whose value is null. parse_spec drops null fields (the
+    apiserver drops a known one before it validates), but the apiserver's
+    strict decoding refuses an unknown field whatever its value."""
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _null_unknown_fields(v, model, (*loc, i))]
+    if not isinstance(value, Mapping):
+        return []
+    fields = {(f.alias or name): f.annotation for name, f in model.model_fields.items()}
+    problems = []
+    for key, v in value.items():
+        if key not in fields:
+            if v is None:
+                problems.append(Problem(_field_path((*loc, key)), f"unknown field: remove it (`kubectl explain {_explain_path(loc)}` lists the fields)"))
+            continue
+        inner = _model_in(fields[key])
+        if inner is not None:
+            problems.extend(_null_unknown_fields(v, inner, (*loc, key)))
+    return problems
+
+
 def validate(obj: Mapping[str, Any]) -> list[Problem]:
     """Every problem of an AvatarSession object that needs no cluster to see.
 
@@ -399,8 +432,11 @@ def validate(obj: Mapping[str, Any]) -> list[Problem]:
     try:
         spec = parse_spec(obj)
     except pydantic.ValidationError as e:
-        return [*problems, *_shape_problems(e)]
-    return [*problems, *(Problem(r.field, r.message) for r in RULES if not r.check(spec))]
+        return [*problems, *_null_unknown_fields(obj["spec"], AvatarSessionSpec), *_shape_problems(e)]
+    problems += _null_unknown_fields(obj["spec"], AvatarSessionSpec)
+    if problems:
+        return problems
+    return [Problem(r.field, r.message) for r in RULES if not r.check(spec)]
 
 
 def validate_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Problem]:

@@ -381,3 +381,15 @@ def test_credential_problem_is_the_plugins(mode: spec.Mode, has_secret: bool, ha
     if has_token:
         kwargs["api_token"] = "token"
     assert rules.credential_problem(mode, has_secret=has_secret, has_token=has_token) == plugin_problem(**kwargs)
+
+
+def test_an_unknown_field_is_refused_even_when_null_as_the_apiserver_refuses_it() -> None:
+    base = {"room": "r", "agentIdentity": "a", "avatarId": "A1"}
+    for spec, field in (
+        ({**base, "bogus": None}, "spec.bogus"),
+        ({**base, "avatarParticipant": {"extra": None}}, "spec.avatarParticipant.extra"),
+    ):
+        problems = rules.validate({"apiVersion": "avatar-operator.dev/v1alpha1", "kind": "AvatarSession", "spec": spec})
+        assert [p.field for p in problems] == [field] and "unknown field" in problems[0].message
+    # A null known field is a missing one, as the apiserver treats it.
+    assert rules.validate({"spec": {**base, "avatarParticipant": {"identity": None}, "maxDuration": None}}) == []
