@@ -44,7 +44,7 @@ RUN python -m venv /opt/venv \
 FROM ${PYTHON_IMAGE} AS base
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # uid/gid 10001, as the chart's and the runner pod's securityContext expect
-# (operator/avatar_operator/manifests.py); numeric so runAsNonRoot can check it.
+# (operator/avatar_operator/build/pod.py); numeric so runAsNonRoot can check it.
 RUN groupadd --system --gid 10001 avatar \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin avatar
 WORKDIR /

@@ -41,7 +41,7 @@ stack-status:
 	$(PYTHON) hack/stack.py status
 
 crd: $(STAMP)
-	$(PY) -m avatar_operator.crd --write
+	$(PY) -m avatar_operator.api.crd --write
 	bash hack/sync-chart-crds.sh
 
 chart-lint: binaries

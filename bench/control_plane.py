@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-
-from avatar_operator import cloud, manifests, tokens
 from avatar_operator import settings as settings_mod
-from avatar_operator import spec as spec_mod
+from avatar_operator.api import spec as spec_mod
+from avatar_operator.build import cloud_request as cloud
+from avatar_operator.build import pod as manifests
+from avatar_operator.build import token as tokens
+
 from bench import stats
 from bench.kubeapi import ApiError, Kube
 from bench.procs import BITHUMAN_SECRET, ROOT, FakeAPI, Operator, StackCPU

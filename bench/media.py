@@ -40,9 +40,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 import psutil
+from avatar_operator.build.token import avatar_token
 from livekit import api, rtc
 
-from avatar_operator.tokens import avatar_token
 from bench import stats
 from bench.control_plane import RUN_ID, log
 from bench.procs import ROOT

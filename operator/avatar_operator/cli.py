@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from avatar_operator import crd, rules, spec
+from avatar_operator.api import crd, rules, spec
 
 
 class _KubectlLoader(yaml.SafeLoader):

@@ -10,8 +10,9 @@ import urllib.parse
 
 import kopf
 
-from avatar_operator import kube, metrics
+from avatar_operator import metrics
 from avatar_operator import settings as settings_mod
+from avatar_operator.clients import kube
 
 
 def liveness_url(url: str | None) -> str | None:
@@ -42,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     kube.configure()
     metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
 
-    from avatar_operator import handlers  # noqa: F401 - registers the handlers with kopf
+    from avatar_operator.controller import handlers  # noqa: F401 - registers the handlers with kopf
 
     kopf.run(
         clusterwide=clusterwide,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 from livekit import rtc
-from livekit.rtc._proto import room_pb2
 from livekit.agents.voice.avatar import AudioReceiver, AvatarOptions, AvatarRunner, VideoGenerator
+from livekit.rtc._proto import room_pb2
 
 # LiveKit's presets spend about 0.05-0.06 bits per pixel (h540: 800 kbps for
 # 960x540 at 25 fps; h720: 1.7 Mbps for 1280x720 at 30 fps).

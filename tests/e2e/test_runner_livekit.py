@@ -28,12 +28,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
-from livekit import api, rtc
-
-from avatar_operator.tokens import ATTRIBUTE_PUBLISH_ON_BEHALF, avatar_token
+from avatar_operator.build.token import ATTRIBUTE_PUBLISH_ON_BEHALF, avatar_token
 from avatar_runner.exits import ExitCode
 from avatar_runner.launcher import ProcessStatus, RunnerLauncher
 from avatar_runner.renderers.portrait import DRAWN_FACE, SIZE
+from livekit import api, rtc
+
 from tests.conftest import Stack
 
 AGENT = "agent-1"

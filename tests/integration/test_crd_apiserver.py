@@ -14,10 +14,10 @@ from typing import Any, cast
 import kubernetes
 import pytest
 import yaml
+from avatar_operator.api import crd, rules, spec
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from avatar_operator import crd, rules, spec
 from tests.conftest import Stack
 from tests.unit.test_rules import CASES, CHANGES, CLOUD, RULES_BY_ID, TRANSITIONS_BY_FIELD, base64ish, session
 

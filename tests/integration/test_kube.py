@@ -1,4 +1,4 @@
-"""The operator's Kubernetes calls (avatar_operator.kube) against the real kube-apiserver."""
+"""The operator's Kubernetes calls (avatar_operator.clients.kube) against the real kube-apiserver."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pathlib
 from collections.abc import AsyncIterator
 
 import pytest
+from avatar_operator.clients import kube
 
-from avatar_operator import kube
 from tests.conftest import Stack
 from tests.integration.conftest import secret_manifest
 

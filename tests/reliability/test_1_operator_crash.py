@@ -23,12 +23,12 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Stack
 from tests.reliability.support import (
+    CHART,
+    PREFIX,
     Evidence,
     FakeProc,
     Kube,
     Namespaces,
-    CHART,
-    PREFIX,
     OperatorProc,
     Scenario,
     condition,

@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 import yaml
+from avatar_operator import cli
+from avatar_operator.api import rules
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
-from avatar_operator import cli, rules
 from tests.conftest import ROOT, Stack
 from tests.reliability.support import (
     GROUP,

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from avatar_operator.api import spec as spec_mod
+from avatar_operator.build import pod as manifests
 
-from avatar_operator import manifests, spec as spec_mod
 from tests.conftest import Stack
 from tests.reliability.support import (
     BITHUMAN_SECRET,

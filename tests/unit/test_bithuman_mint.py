@@ -6,9 +6,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-
-from avatar_operator.bithuman_mint import MintError, build_mint_request, mint_runtime_token
-from avatar_operator.cloud import (
+from avatar_operator.build.cloud_request import (
     Accepted,
     CloudRequest,
     Rejected,
@@ -16,6 +14,8 @@ from avatar_operator.cloud import (
     build_request,
     send,
 )
+from avatar_operator.clients.bithuman_mint import MintError, build_mint_request, mint_runtime_token
+
 from tests.fakes.bithuman_api import FakeBithumanAPI, Route
 
 SECRET = "bh-account-secret-0123456789"

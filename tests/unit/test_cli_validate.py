@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
-from avatar_operator import cli, crd
+from avatar_operator import cli
+from avatar_operator.api import crd
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

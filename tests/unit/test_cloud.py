@@ -25,12 +25,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from livekit.agents import APIConnectOptions
-from livekit.plugins.bithuman.avatar import AvatarSession
-from PIL import Image
-
-from avatar_operator import cloud
-from avatar_operator.cloud import (
+from avatar_operator.build import cloud_request as cloud
+from avatar_operator.build.cloud_request import (
     Accepted,
     CloudRequest,
     CloudRequestError,
@@ -43,6 +39,10 @@ from avatar_operator.cloud import (
     build_request,
     send,
 )
+from livekit.agents import APIConnectOptions
+from livekit.plugins.bithuman.avatar import AvatarSession
+from PIL import Image
+
 from tests.fakes.bithuman_api import FakeBithumanAPI
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 import yaml
+from avatar_operator.api import crd, rules, spec
 from pydantic import Field
 
-from avatar_operator import crd, rules, spec
-
-FIX = "run `make crd` (python -m avatar_operator.crd --write) and commit crds/"
+FIX = "run `make crd` (python -m avatar_operator.api.crd --write) and commit crds/"
 
 
 def schema() -> dict[str, Any]:

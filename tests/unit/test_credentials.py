@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-
-from avatar_operator import credentials, settings, spec
+from avatar_operator import settings
+from avatar_operator.api import spec
+from avatar_operator.controller import credentials
 
 SETTINGS = settings.Settings(livekit_url="wss://lk")
 

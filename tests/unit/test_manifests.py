@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from avatar_operator import manifests, spec
+from avatar_operator.api import spec
+from avatar_operator.build import pod as manifests
 
 REF = manifests.SessionRef(name="lobby", namespace="team-a", uid="1234")
 DEFAULTS = manifests.RunnerDefaults(image="runner:1", renderer="bithuman", cpu="2", memory="4Gi")

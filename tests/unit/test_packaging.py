@@ -163,7 +163,7 @@ def test_the_project_builds_from_the_build_context_alone(tmp_path: pathlib.Path)
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
         entry_points = next(m for m in tar.getmembers() if m.name.endswith(".egg-info/entry_points.txt"))
         scripts = tar.extractfile(entry_points).read().decode()  # type: ignore[union-attr]
-    for module in ("avatar_operator/cli.py", "avatar_operator/handlers.py", "avatar_operator/run.py", "avatar_runner/__main__.py"):
+    for module in ("avatar_operator/cli.py", "avatar_operator/controller/handlers.py", "avatar_operator/run.py", "avatar_runner/__main__.py"):
         assert any(n.endswith(module) for n in names), f"{module} missing from the distribution"
     assert not [n for n in names if n.startswith("tests/")]
     assert "avatar-operator = avatar_operator.cli:main" in scripts
@@ -211,7 +211,7 @@ def _import_blocking(blocked: Sequence[str], modules: Sequence[str]) -> subproce
 def test_the_operator_imports_without_the_runner_dependencies() -> None:
     proc = _import_blocking(
         RUNNER_ONLY,
-        ["avatar_operator.handlers", "avatar_operator.session", "avatar_operator.cli", "avatar_operator.run"],
+        ["avatar_operator.controller.handlers", "avatar_operator.controller.worker", "avatar_operator.cli", "avatar_operator.run"],
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
@@ -242,7 +242,8 @@ def _effective_command(stage: Sequence[tuple[str, str]], command: Sequence[str] 
 
 
 def test_the_runner_pod_runs_the_runner_module_in_the_runner_image() -> None:
-    from avatar_operator import manifests, spec
+    from avatar_operator.api import spec
+    from avatar_operator.build import pod as manifests
 
     body = {"spec": {"room": "r", "agentIdentity": "agent", "modelPath": "/models/a.imx"}}
     pod = manifests.runner_pod(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from avatar_operator import settings
+from avatar_operator.clients import livekit as room
+from avatar_operator.controller import podstate
 from livekit.protocol import models
-
-from avatar_operator import podstate, room, settings
 
 
 def test_unschedulable_pod_carries_the_schedulers_message() -> None:

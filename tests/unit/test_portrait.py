@@ -9,10 +9,6 @@ import time
 import numpy as np
 import numpy.typing as npt
 import pytest
-from livekit import rtc
-from livekit.agents.voice.avatar import AudioSegmentEnd
-from PIL import Image
-
 from avatar_runner.demo_agent import synthetic_speech
 from avatar_runner.exits import ExitCode
 from avatar_runner.renderers.base import RenderedItem, RendererRefused
@@ -27,6 +23,9 @@ from avatar_runner.renderers.portrait import (
     SpeechBuffer,
     load_portrait,
 )
+from livekit import rtc
+from livekit.agents.voice.avatar import AudioSegmentEnd
+from PIL import Image
 
 FRAME_SAMPLES = SAMPLE_RATE // 25
 

@@ -11,13 +11,12 @@ import unicodedata
 from typing import Any
 
 import pytest
+from avatar_operator.api import rules, spec
+from avatar_operator.api.rules import Problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit.plugins.bithuman import AvatarSession, BitHumanException
 from livekit.plugins.bithuman.avatar import _is_valid_base64
-
-from avatar_operator import rules, spec
-from avatar_operator.rules import Problem
 
 CLOUD: dict[str, Any] = {"room": "lobby", "agentIdentity": "agent", "avatarId": "A91XMB7113"}
 LOCAL: dict[str, Any] = {"room": "lobby", "agentIdentity": "agent", "modelPath": "/models/avatar.imx"}

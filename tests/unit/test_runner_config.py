@@ -6,8 +6,6 @@ import pathlib
 
 import bithuman
 import pytest
-from livekit import rtc
-
 from avatar_runner.config import (
     DEFAULT_TERMINATION_LOG,
     ConfigError,
@@ -17,6 +15,7 @@ from avatar_runner.config import (
 from avatar_runner.exits import ExitCode, Outcome, write_termination_log
 from avatar_runner.renderers.bithuman import refusal
 from avatar_runner.session import connect_failure, disconnect_outcome
+from livekit import rtc
 
 BASE = {
     "LIVEKIT_URL": "ws://livekit:7880",

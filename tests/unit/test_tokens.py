@@ -7,9 +7,8 @@ import datetime
 
 import jwt
 import pytest
+from avatar_operator.build.token import ATTRIBUTE_PUBLISH_ON_BEHALF, avatar_token, token_ttl
 from livekit import api
-
-from avatar_operator.tokens import ATTRIBUTE_PUBLISH_ON_BEHALF, avatar_token, token_ttl
 
 API_KEY = "APIkey123"
 API_SECRET = "lk-secret-0123456789abcdef0123456789abcdef"

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from avatar_operator import credentials, kube, manifests, podstate, tokens
 from avatar_operator import settings as settings_mod
-from avatar_operator import spec as spec_mod
-from avatar_operator import status as status_mod
+from avatar_operator.api import spec as spec_mod
+from avatar_operator.api import status as status_mod
+from avatar_operator.build import pod as manifests
+from avatar_operator.build import token as tokens
+from avatar_operator.clients import kube
+from avatar_operator.controller import credentials, podstate
 
 if TYPE_CHECKING:
-    from avatar_operator import session
+    from avatar_operator.controller import worker as session
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -54,7 +57,7 @@ async def start(
             ),
         )
         if w.settings.launcher == settings_mod.Launcher.PROCESS:
-            from avatar_operator import process_launcher  # dev only: needs the runner package
+            from avatar_operator.launchers import process as process_launcher  # dev only: needs the runner package
 
             process_launcher.start(w.ref, pod, token)
         else:

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from avatar_operator.cloud import (
+from avatar_operator.build.cloud_request import (
     Accepted,
     CloudRequest,
     Rejected,

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import kubernetes
 
-from avatar_operator import manifests
+from avatar_operator.build import pod as manifests
 
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 # A burst of sessions: enough connections that status writes do not queue

@@ -8,9 +8,15 @@ from typing import Any
 import aiohttp
 import kopf
 
-from avatar_operator import credentials, kube, manifests, metrics, room, session, signals, storage, teardown
+from avatar_operator import metrics
 from avatar_operator import settings as settings_mod
-from avatar_operator import spec as spec_mod
+from avatar_operator.api import spec as spec_mod
+from avatar_operator.build import pod as manifests
+from avatar_operator.clients import kube
+from avatar_operator.clients import livekit as room
+from avatar_operator.controller import credentials, storage, teardown
+from avatar_operator.controller import mailbox as signals
+from avatar_operator.controller import worker as session
 
 RESOURCE = (manifests.GROUP, manifests.VERSION, "avatarsessions")
 FINALIZER = f"{manifests.GROUP}/cleanup"
@@ -34,7 +40,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     if memo.settings.launcher == settings_mod.Launcher.PROCESS:
-        from avatar_operator import process_launcher  # dev only: needs the runner package
+        from avatar_operator.launchers import process as process_launcher  # dev only: needs the runner package
 
         # Local runner processes live no longer than the operator that started them.
         process_launcher.stop_all()

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from avatar_operator.spec import Int, Mode, Text, KubeModel
+from avatar_operator.api.spec import Int, KubeModel, Mode, Text
 
 # metav1.Condition's bounds, so a condition the apiserver takes for a built-in
 # type is taken here too.

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from avatar_operator import bithuman_mint, cloud, credentials, kube, tokens
-from avatar_operator import spec as spec_mod
-from avatar_operator import status as status_mod
+from avatar_operator.api import spec as spec_mod
+from avatar_operator.api import status as status_mod
+from avatar_operator.build import cloud_request as cloud
+from avatar_operator.build import token as tokens
+from avatar_operator.clients import bithuman_mint, kube
+from avatar_operator.controller import credentials
 
 if TYPE_CHECKING:
-    from avatar_operator import session
+    from avatar_operator.controller import worker as session
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType

@@ -17,7 +17,8 @@ from typing import Any
 
 from avatar_runner import launcher
 
-from avatar_operator import manifests, signals
+from avatar_operator.build import pod as manifests
+from avatar_operator.controller import mailbox as signals
 
 _launcher = launcher.RunnerLauncher(pathlib.Path(os.environ.get("AVATAR_PROCESS_WORKDIR", "/tmp/avatar-runners")))
 _watchers: dict[str, asyncio.Task[None]] = {}

@@ -11,12 +11,13 @@ import dataclasses
 import datetime
 from typing import TYPE_CHECKING
 
-from avatar_operator import credentials, local_mode, room, teardown
-from avatar_operator import spec as spec_mod
-from avatar_operator import status as status_mod
+from avatar_operator.api import spec as spec_mod
+from avatar_operator.api import status as status_mod
+from avatar_operator.clients import livekit as room
+from avatar_operator.controller import credentials, local_mode, teardown
 
 if TYPE_CHECKING:
-    from avatar_operator import session
+    from avatar_operator.controller import worker as session
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType

@@ -21,20 +21,15 @@ from typing import Any, NoReturn
 import aiohttp
 import kopf
 
-from avatar_operator import (
-    cloud_mode,
-    credentials,
-    kube,
-    local_mode,
-    manifests,
-    room_watch,
-    rules,
-    signals,
-    tokens,
-)
 from avatar_operator import settings as settings_mod
-from avatar_operator import spec as spec_mod
-from avatar_operator import status as status_mod
+from avatar_operator.api import rules
+from avatar_operator.api import spec as spec_mod
+from avatar_operator.api import status as status_mod
+from avatar_operator.build import pod as manifests
+from avatar_operator.build import token as tokens
+from avatar_operator.clients import kube
+from avatar_operator.controller import cloud_mode, credentials, local_mode, room_watch
+from avatar_operator.controller import mailbox as signals
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType

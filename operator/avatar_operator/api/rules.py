@@ -25,7 +25,7 @@ from typing import Any
 
 import pydantic
 
-from avatar_operator.spec import AvatarSessionSpec, Mode, parse_spec
+from avatar_operator.api.spec import AvatarSessionSpec, Mode, parse_spec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 
-from avatar_operator import rules
 from avatar_operator import settings as settings_mod
-from avatar_operator import spec as spec_mod
+from avatar_operator.api import rules
+from avatar_operator.api import spec as spec_mod
 
 # name -> the Secret's decoded data, or None when there is no such Secret.
 SecretReader = Callable[[str], Mapping[str, str] | None]

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from avatar_operator import manifests
+from avatar_operator.build import pod as manifests
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from avatar_operator import spec as spec_mod
+from avatar_operator.api import spec as spec_mod
 
 GROUP = spec_mod.GROUP
 VERSION = spec_mod.VERSION

@@ -7,9 +7,11 @@ import logging
 
 import kopf
 
-from avatar_operator import kube, manifests, room
 from avatar_operator import settings as settings_mod
-from avatar_operator import spec as spec_mod
+from avatar_operator.api import spec as spec_mod
+from avatar_operator.build import pod as manifests
+from avatar_operator.clients import kube
+from avatar_operator.clients import livekit as room
 
 
 async def stop_session(
@@ -23,7 +25,7 @@ async def stop_session(
     """Stops the runner or removes the cloud avatar; returns a warning when LiveKit could not be told."""
     if spec.mode == spec_mod.Mode.LOCAL:
         if settings.launcher == settings_mod.Launcher.PROCESS:
-            from avatar_operator import process_launcher
+            from avatar_operator.launchers import process as process_launcher
 
             process_launcher.stop(ref)
         await kube.delete("Pod", ref.namespace, manifests.child_name(ref.name, "runner"))
