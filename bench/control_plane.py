@@ -36,9 +36,11 @@ from typing import Any
 
 import aiohttp
 from avatar_operator import settings as settings_mod
+from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.build import cloud_request as cloud
 from avatar_operator.build import pod as manifests
+from avatar_operator.build import secret
 from avatar_operator.build import token as tokens
 
 from bench import stats
@@ -50,7 +52,7 @@ RUN_ID = uuid.uuid4().hex[:4]
 PREFIX = f"bench-{RUN_ID}-"
 OP_PREFIX = PREFIX + "op-"  # the bench's operator watches only these
 BL_PREFIX = PREFIX + "bl-"  # baseline namespaces: no operator looks at them
-GROUP_PATH = f"/apis/{manifests.GROUP}/{manifests.VERSION}"
+GROUP_PATH = f"/apis/{names.GROUP}/{names.VERSION}"
 NODE_COUNT = 4
 NODE_CAPACITY = {"cpu": "4000", "memory": "16Ti", "pods": "1100", "nvidia.com/gpu": "1000"}
 
@@ -91,7 +93,7 @@ SPECS: dict[str, dict[str, Any]] = {
 
 def session_manifest(mode: str, ns: str, name: str) -> dict[str, Any]:
     return {
-        "apiVersion": f"{manifests.GROUP}/{manifests.VERSION}", "kind": manifests.KIND,
+        "apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": names.KIND,
         "metadata": {"name": name, "namespace": ns},
         "spec": {"room": f"room-{name}", "agentIdentity": "agent", **SPECS[mode]},
     }
@@ -207,7 +209,7 @@ class ControlPlane:
     async def setup(self) -> None:
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.kube = await Kube(self.kubeconfig, pool=self.cfg.concurrency + 8).__aenter__()
-        crd = await self.kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/avatarsessions.{manifests.GROUP}")
+        crd = await self.kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/avatarsessions.{names.GROUP}")
         if crd is None:
             raise RuntimeError("the AvatarSession CRD is not installed: run `make stack-up` (it applies crds/)")
         self.fake = FakeAPI(self.artifacts / "fake-bithuman.log")
@@ -421,7 +423,7 @@ class ControlPlane:
             mine = [e for e in events if not e["involvedObject"].get("name", "").startswith("warmup")]
             # Events the operator (kopf) posted, per session: on the session, and on its runner pod.
             by_op = [e for e in mine if e.get("source", {}).get("component") == "kopf" or e.get("reportingComponent") == "kopf"]
-            result["events_per_session"] = round(sum(1 for e in by_op if e["involvedObject"].get("kind") == manifests.KIND) / n, 2)
+            result["events_per_session"] = round(sum(1 for e in by_op if e["involvedObject"].get("kind") == names.KIND) / n, 2)
             result["pod_events_per_session"] = round(sum(1 for e in by_op if e["involvedObject"].get("kind") == "Pod") / n, 2)
             result["all_events_per_session"] = round(len(mine) / n, 2)
             result["operator_peak_rss_mb"] = round(op.peak_rss_mb(), 1)
@@ -455,8 +457,8 @@ class ControlPlane:
         for x in names:
             body = session_manifest(mode, ns, x)
             spec = spec_mod.parse_spec(body)
-            ref = manifests.SessionRef(name=x, namespace=ns, uid=str(uuid.uuid4()))
-            s = manifests.token_secret(ref, "bench-token")
+            ref = names.SessionRef(name=x, namespace=ns, uid=str(uuid.uuid4()))
+            s = secret.token_secret(ref, "bench-token")
             p = manifests.runner_pod(ref, spec, livekit_url=self.stack_env["LIVEKIT_URL"], bithuman_secret="bithuman-credentials", defaults=defaults)
             for o in (s, p):  # no owner: the garbage collector would delete an orphan at once
                 o["metadata"].pop("ownerReferences")

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from avatar_operator.api import crd, rules, spec
+from avatar_operator.api import crd, names, rules
 
 
 class _KubectlLoader(yaml.SafeLoader):
@@ -51,7 +51,7 @@ def _objects(docs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
 
 def _is_avatar_session(obj: Mapping[str, Any]) -> bool:
     api_version = obj.get("apiVersion")
-    return obj.get("kind") == spec.KIND and isinstance(api_version, str) and api_version.startswith(f"{spec.GROUP}/")
+    return obj.get("kind") == names.KIND and isinstance(api_version, str) and api_version.startswith(f"{names.GROUP}/")
 
 
 def _label(obj: Mapping[str, Any], number: int) -> str:
@@ -59,13 +59,13 @@ def _label(obj: Mapping[str, Any], number: int) -> str:
     meta = meta if isinstance(meta, Mapping) else {}
     name = meta.get("name") or (f"{meta['generateName']}*" if meta.get("generateName") else f"(document {number})")
     namespace = meta.get("namespace")
-    return f"{spec.KIND} {namespace}/{name}" if namespace else f"{spec.KIND} {name}"
+    return f"{names.KIND} {namespace}/{name}" if namespace else f"{names.KIND} {name}"
 
 
 def _problems(obj: Mapping[str, Any]) -> list[rules.Problem]:
     problems = []
-    if obj.get("apiVersion") != f"{spec.GROUP}/{spec.VERSION}":
-        problems.append(rules.Problem("apiVersion", f"{obj.get('apiVersion')} is not served: use {spec.GROUP}/{spec.VERSION}"))
+    if obj.get("apiVersion") != f"{names.GROUP}/{names.VERSION}":
+        problems.append(rules.Problem("apiVersion", f"{obj.get('apiVersion')} is not served: use {names.GROUP}/{names.VERSION}"))
     meta = obj.get("metadata")
     if not isinstance(meta, Mapping) or not (meta.get("name") or meta.get("generateName")):
         problems.append(rules.Problem("metadata.name", "required field is missing"))
@@ -110,7 +110,7 @@ def validate_files(paths: Sequence[str], out: TextIO, err: TextIO) -> int:
                 # key must not forge a second problem line).
                 line = f"{name}: {_label(obj, number)}: {problem}"
                 print(line.encode("unicode_escape").decode("ascii"), file=out)
-    print(f"{checked} {spec.KIND}(s) checked, {invalid} invalid", file=err)
+    print(f"{checked} {names.KIND}(s) checked, {invalid} invalid", file=err)
     return 1 if failed or invalid else 0
 
 

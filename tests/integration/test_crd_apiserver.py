@@ -14,7 +14,7 @@ from typing import Any, cast
 import kubernetes
 import pytest
 import yaml
-from avatar_operator.api import crd, rules, spec
+from avatar_operator.api import crd, names, rules, spec
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -71,7 +71,7 @@ def dry_run_create(objects: kubernetes.client.CustomObjectsApi, ns: str, obj: di
     """(the object as the apiserver would store it, "") or (None, its refusal)."""
     try:
         stored = objects.create_namespaced_custom_object(
-            spec.GROUP, spec.VERSION, ns, spec.PLURAL, placed(obj, ns), dry_run="All", field_validation="Strict"
+            names.GROUP, names.VERSION, ns, names.PLURAL, placed(obj, ns), dry_run="All", field_validation="Strict"
         )
         return cast(dict[str, Any], stored), ""
     except kubernetes.client.ApiException as e:
@@ -115,16 +115,16 @@ def test_the_largest_image_is_within_the_cel_cost_budget(ns: str, objects: kuber
 def test_immutable_fields_refuse_a_change(ns: str, objects: kubernetes.client.CustomObjectsApi, field: str) -> None:
     old, new = CHANGES[field]
     name = f"immutable-{field.lower()}"
-    objects.create_namespaced_custom_object(spec.GROUP, spec.VERSION, ns, spec.PLURAL, placed(session(old), ns, name))
+    objects.create_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL, placed(session(old), ns, name))
 
     def replace(spec_: dict[str, Any]) -> str:
         """The refusal of an update to `spec_`, or "". An operator running on the
         stack may update the object meanwhile: a conflict means try again."""
         for _ in range(10):
-            stored = cast(dict[str, Any], objects.get_namespaced_custom_object(spec.GROUP, spec.VERSION, ns, spec.PLURAL, name))
+            stored = cast(dict[str, Any], objects.get_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL, name))
             body = {**stored, "spec": as_kubectl_sends(spec_)}
             try:
-                objects.replace_namespaced_custom_object(spec.GROUP, spec.VERSION, ns, spec.PLURAL, name, body, dry_run="All")
+                objects.replace_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL, name, body, dry_run="All")
             except kubernetes.client.ApiException as e:
                 if e.status == 409:
                     continue

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.build import pod as manifests
 
@@ -161,7 +162,7 @@ def test_runner_and_operator_pods_pass_restricted(stack: Stack, kube: Kube, fake
         proc = stack.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
         sc.check("namespace_enforces_restricted", proc.returncode != 0 and "PodSecurity" in proc.stderr, proc.stderr[:300])
         # Runner pods as the operator builds them, for each kind of spec, server-side dry run.
-        ref = manifests.SessionRef(name="variant", namespace=ns, uid="00000000-0000-0000-0000-000000000000")
+        ref = names.SessionRef(name="variant", namespace=ns, uid="00000000-0000-0000-0000-000000000000")
         for variant, extra in RUNNER_VARIANTS.items():
             spec = spec_mod.parse_spec({"spec": {"room": "r", "agentIdentity": "a", **extra}})
             pod = manifests.runner_pod(ref, spec, livekit_url=stack.livekit_url, bithuman_secret="bithuman-credentials", defaults=manifests.RunnerDefaults(image="registry.invalid/runner:1", renderer="bithuman", cpu="10m", memory="32Mi"))

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from avatar_operator.api import spec
+from avatar_operator.api import names, spec
 from avatar_operator.build import pod as manifests
+from avatar_operator.build import secret
 
-REF = manifests.SessionRef(name="lobby", namespace="team-a", uid="1234")
+REF = names.SessionRef(name="lobby", namespace="team-a", uid="1234")
 DEFAULTS = manifests.RunnerDefaults(image="runner:1", renderer="bithuman", cpu="2", memory="4Gi")
 
 
@@ -58,12 +59,12 @@ def test_pod_passes_restricted_and_carries_no_api_credentials() -> None:
 
 
 def test_owned_by_the_session_and_labelled() -> None:
-    for obj in (pod(session()), manifests.token_secret(REF, "jwt")):
+    for obj in (pod(session()), secret.token_secret(REF, "jwt")):
         meta = obj["metadata"]
         assert meta["ownerReferences"] == [REF.owner_reference()]
         assert meta["ownerReferences"][0]["controller"] is True
-        assert meta["labels"][manifests.SESSION_LABEL] == "lobby"
-        assert manifests.owned_by(obj, "1234") and not manifests.owned_by(obj, "other")
+        assert meta["labels"][names.SESSION_LABEL] == "lobby"
+        assert names.owned_by(obj, "1234") and not names.owned_by(obj, "other")
 
 
 def test_model_volume_mounted_read_only_at_the_model_directory() -> None:
@@ -91,8 +92,8 @@ def test_runner_knobs_reach_the_pod() -> None:
 
 
 def test_long_session_names_give_valid_names_and_labels() -> None:
-    ref = manifests.SessionRef(name="a" * 250, namespace="n", uid="u")
-    secret = manifests.token_secret(ref, "jwt")
-    assert len(secret["metadata"]["name"]) <= 253
-    assert len(secret["metadata"]["labels"][manifests.SESSION_LABEL]) <= 63
-    assert manifests.child_name("a" * 250, "token") != manifests.child_name("a" * 251, "token")
+    ref = names.SessionRef(name="a" * 250, namespace="n", uid="u")
+    obj = secret.token_secret(ref, "jwt")
+    assert len(obj["metadata"]["name"]) <= 253
+    assert len(obj["metadata"]["labels"][names.SESSION_LABEL]) <= 63
+    assert names.child_name("a" * 250, "token") != names.child_name("a" * 251, "token")

@@ -11,7 +11,7 @@ import unicodedata
 from typing import Any
 
 import pytest
-from avatar_operator.api import rules, spec
+from avatar_operator.api import names, rules, spec
 from avatar_operator.api.rules import Problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,8 +28,8 @@ PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n-not-really-a-png").decode()
 
 def session(spec_: Any) -> dict[str, Any]:
     return {
-        "apiVersion": f"{spec.GROUP}/{spec.VERSION}",
-        "kind": spec.KIND,
+        "apiVersion": f"{names.GROUP}/{names.VERSION}",
+        "kind": names.KIND,
         "metadata": {"name": "s", "namespace": "default"},
         "spec": spec_,
     }

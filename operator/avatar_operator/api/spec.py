@@ -32,11 +32,6 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-GROUP = "avatar-operator.dev"
-VERSION = "v1alpha1"
-KIND = "AvatarSession"
-PLURAL = "avatarsessions"
-
 # The plugin's defaults (livekit.plugins.bithuman.avatar).
 DEFAULT_API_URL = "https://auth.api.bithuman.ai/v1/runtime-tokens/request"
 DEFAULT_AVATAR_IDENTITY = "bithuman-avatar-agent"

@@ -1,86 +1,23 @@
-"""Pure builders of what a local-mode session owns: its token Secret and its runner Pod.
+"""The runner Pod a local-mode session owns (pure).
 
-No cluster access here: handlers pass everything in, and the unit tests check
-the manifests without one.
+No cluster access here: the worker passes everything in, and the unit tests
+check the manifest without one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import posixpath
-from collections.abc import Mapping
 from typing import Any
 
+from avatar_runner import contract
+
+from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
 
-GROUP = spec_mod.GROUP
-VERSION = spec_mod.VERSION
-KIND = spec_mod.KIND
-SESSION_LABEL = f"{GROUP}/session"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-TOKEN_KEY = "LIVEKIT_TOKEN"
-TOKEN_DIR = "/var/run/secrets/avatar-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
-RUNNER_CONTAINER = "runner"
 # Models that render on a GPU (bitHuman's expression family); essence runs on CPU.
 GPU_MODELS = frozenset({"expression", "expression-2"})
-
-
-@dataclasses.dataclass(frozen=True)
-class SessionRef:
-    """The session an owned object points back to."""
-
-    name: str
-    namespace: str
-    uid: str
-
-    def owner_reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-
-
-def _shorten(value: str, limit: int) -> str:
-    """value, or a prefix of it plus a hash of the whole when longer than limit."""
-    if len(value) <= limit:
-        return value
-    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
-    return f"{value[: limit - 9]}-{digest}"
-
-
-def child_name(session: str, suffix: str) -> str:
-    """A stable name for an owned object (object names are at most 253 characters)."""
-    return _shorten(f"{session}-{suffix}", 253)
-
-
-def labels(ref: SessionRef, component: str) -> dict[str, str]:
-    return {
-        SESSION_LABEL: _shorten(ref.name, 63),  # label values are at most 63
-        COMPONENT_LABEL: component,
-        MANAGED_BY_LABEL: "avatar-operator",
-    }
-
-
-def token_secret(ref: SessionRef, token: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": child_name(ref.name, "token"),
-            "namespace": ref.namespace,
-            "labels": labels(ref, "token"),
-            "ownerReferences": [ref.owner_reference()],
-        },
-        "stringData": {TOKEN_KEY: token},
-    }
 
 
 def gpu_count(spec: spec_mod.AvatarSessionSpec) -> int:
@@ -110,7 +47,7 @@ RESTRICTED_CONTAINER_SECURITY = {
 
 
 def runner_pod(
-    ref: SessionRef,
+    ref: names.SessionRef,
     spec: spec_mod.AvatarSessionSpec,
     *,
     livekit_url: str,
@@ -137,7 +74,7 @@ def runner_pod(
         {"name": "LIVEKIT_URL", "value": livekit_url},
         # A file, not an env var: environment variables leak into crash dumps
         # and `kubectl describe`-style tooling more easily than a mounted Secret.
-        {"name": "LIVEKIT_TOKEN_FILE", "value": f"{TOKEN_DIR}/{TOKEN_KEY}"},
+        {"name": "LIVEKIT_TOKEN_FILE", "value": contract.TOKEN_FILE},
         {"name": "AGENT_IDENTITY", "value": spec.agent_identity},
         {"name": "AVATAR_RENDERER", "value": defaults.renderer},
         {"name": "HEALTH_PORT", "value": "8080"},
@@ -157,11 +94,11 @@ def runner_pod(
 
     volumes: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {}},
-        {"name": "token", "secret": {"secretName": child_name(ref.name, "token"), "defaultMode": 0o440}},
+        {"name": "token", "secret": {"secretName": names.token_secret_name(ref.name), "defaultMode": 0o440}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+        {"name": "token", "mountPath": contract.TOKEN_DIR, "readOnly": True},
     ]
     if spec.model_volume is not None and spec.model_path:
         volumes.append({"name": "model", **spec.model_volume.model_dump(by_alias=True, exclude_none=True)})
@@ -181,7 +118,7 @@ def runner_pod(
         },
         "containers": [
             {
-                "name": RUNNER_CONTAINER,
+                "name": contract.CONTAINER_NAME,
                 "image": (runner.image if runner and runner.image else defaults.image),
                 "args": ["python", "-m", "avatar_runner"],
                 "env": env,
@@ -208,14 +145,10 @@ def runner_pod(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": child_name(ref.name, "runner"),
+            "name": names.runner_pod_name(ref.name),
             "namespace": ref.namespace,
-            "labels": labels(ref, "runner"),
+            "labels": names.labels(ref, "runner"),
             "ownerReferences": [ref.owner_reference()],
         },
         "spec": pod_spec,
     }
-
-
-def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(o.get("uid") == uid for o in obj.get("metadata", {}).get("ownerReferences", []) or [])

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import kubernetes
 
-from avatar_operator.build import pod as manifests
+from avatar_operator.api import names
 
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 # A burst of sessions: enough connections that status writes do not queue
@@ -197,6 +197,6 @@ async def delete(kind: str, namespace: str, name: str) -> None:
 async def patch_status(namespace: str, name: str, status: Mapping[str, Any]) -> bool:
     """Merge-patches the session's status subresource; False when the session is gone.
     (verb: patch avatarsessions/status)"""
-    path = f"/apis/{manifests.GROUP}/{manifests.VERSION}/namespaces/{namespace}/avatarsessions/{name}/status"
+    path = f"/apis/{names.GROUP}/{names.VERSION}/namespaces/{namespace}/avatarsessions/{name}/status"
     code, _ = await _request("PATCH", path, {"status": dict(status)}, answers=(404,), content_type=MERGE_PATCH)
     return code != 404

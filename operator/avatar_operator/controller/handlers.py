@@ -10,23 +10,23 @@ import kopf
 
 from avatar_operator import metrics
 from avatar_operator import settings as settings_mod
+from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
-from avatar_operator.build import pod as manifests
 from avatar_operator.clients import kube
 from avatar_operator.clients import livekit as room
 from avatar_operator.controller import credentials, storage, teardown
 from avatar_operator.controller import mailbox as signals
 from avatar_operator.controller import worker as session
 
-RESOURCE = (manifests.GROUP, manifests.VERSION, "avatarsessions")
-FINALIZER = f"{manifests.GROUP}/cleanup"
+RESOURCE = (names.GROUP, names.VERSION, "avatarsessions")
+FINALIZER = f"{names.GROUP}/cleanup"
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Handler progress goes into annotations, never status: status holds only
     # what the resource's schema says. No last-handled spec is kept (see storage).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=manifests.GROUP)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
     settings.persistence.diffbase_storage = storage.NoDiffBaseStorage()
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
@@ -58,12 +58,12 @@ async def run_session(
         await worker.run()
 
 
-@kopf.on.event("", "v1", "pods", labels={manifests.MANAGED_BY_LABEL: "avatar-operator", manifests.SESSION_LABEL: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels={names.MANAGED_BY_LABEL: "avatar-operator", names.SESSION_LABEL: kopf.PRESENT})
 def runner_pod_event(event: kopf.RawEvent, **_: Any) -> None:
     """Hands the runner pod's newest state to its session's worker."""
     pod: dict[str, Any] = dict(event["object"])
     for owner in pod.get("metadata", {}).get("ownerReferences") or []:
-        if owner.get("kind") == manifests.KIND:
+        if owner.get("kind") == names.KIND:
             signals.post_pod(owner["uid"], None if event["type"] == "DELETED" else pod)
 
 
@@ -75,12 +75,12 @@ async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: A
     then a Warning event says what was left behind."""
     settings: settings_mod.Settings = memo.settings
     meta = body.metadata
-    ref = manifests.SessionRef(name=str(meta.name), namespace=str(meta.namespace), uid=str(meta.uid))
+    ref = names.SessionRef(name=str(meta.name), namespace=str(meta.namespace), uid=str(meta.uid))
     try:
         spec = spec_mod.parse_spec(body)
     except Exception:  # noqa: BLE001 - an invalid session never started anything but owned objects
-        await kube.delete("Pod", ref.namespace, manifests.child_name(ref.name, "runner"))
-        await kube.delete("Secret", ref.namespace, manifests.child_name(ref.name, "token"))
+        await kube.delete("Pod", ref.namespace, names.child_name(ref.name, "runner"))
+        await kube.delete("Secret", ref.namespace, names.child_name(ref.name, "token"))
         return
     identity = str((body.get("status") or {}).get("avatarIdentity") or spec_mod.DEFAULT_AVATAR_IDENTITY)
 
@@ -89,10 +89,10 @@ async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: A
 
     client = None
     try:
-        names = [settings.livekit_secret_name]
+        secret_names = [settings.livekit_secret_name]
         if spec.livekit and spec.livekit.secret_ref:
-            names.append(spec.livekit.secret_ref.name)
-        found = {n: await read(n) for n in names}
+            secret_names.append(spec.livekit.secret_ref.name)
+        found = {n: await read(n) for n in secret_names}
         lk = credentials.livekit(spec, settings, found.get)
         client = room.Client(lk.url, lk.api_key, lk.api_secret, memo.http)
     except credentials.MissingCredentials as e:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from avatar_operator import settings as settings_mod
+from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.build import pod as manifests
+from avatar_operator.build import secret
 from avatar_operator.build import token as tokens
 from avatar_operator.clients import kube
 from avatar_operator.controller import credentials, podstate
@@ -32,7 +34,7 @@ async def start(
 ) -> None:
     """Creates the token Secret and the runner pod (or process), unless a restart finds them made."""
     identity, name = w.identity(spec)
-    pod_name = manifests.child_name(w.ref.name, "runner")
+    pod_name = names.child_name(w.ref.name, "runner")
     if w.status.get("runnerPod") != pod_name:
         token = tokens.avatar_token(
             api_key=lk.api_key,
@@ -43,7 +45,7 @@ async def start(
             agent_identity=spec.agent_identity,
             ttl=w.token_ttl(spec),
         )
-        await kube.create(manifests.token_secret(w.ref, token))
+        await kube.create(secret.token_secret(w.ref, token))
         pod = manifests.runner_pod(
             w.ref,
             spec,

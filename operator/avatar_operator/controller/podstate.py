@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from avatar_operator.build import pod as manifests
+from avatar_runner import contract
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +19,7 @@ class PodState:
 
 def _runner_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     for cs in pod.get("status", {}).get("containerStatuses") or []:
-        if cs.get("name") == manifests.RUNNER_CONTAINER:
+        if cs.get("name") == contract.CONTAINER_NAME:
             return dict(cs)
     return {}
 

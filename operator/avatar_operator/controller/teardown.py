@@ -8,14 +8,14 @@ import logging
 import kopf
 
 from avatar_operator import settings as settings_mod
+from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
-from avatar_operator.build import pod as manifests
 from avatar_operator.clients import kube
 from avatar_operator.clients import livekit as room
 
 
 async def stop_session(
-    ref: manifests.SessionRef,
+    ref: names.SessionRef,
     spec: spec_mod.AvatarSessionSpec,
     client: room.Client | None,
     identity: str,
@@ -28,8 +28,8 @@ async def stop_session(
             from avatar_operator.launchers import process as process_launcher
 
             process_launcher.stop(ref)
-        await kube.delete("Pod", ref.namespace, manifests.child_name(ref.name, "runner"))
-        await kube.delete("Secret", ref.namespace, manifests.child_name(ref.name, "token"))
+        await kube.delete("Pod", ref.namespace, names.child_name(ref.name, "runner"))
+        await kube.delete("Secret", ref.namespace, names.child_name(ref.name, "token"))
     if client is None:
         return "no LiveKit credentials to remove the avatar participant with"
     try:

@@ -22,10 +22,9 @@ import aiohttp
 import kopf
 
 from avatar_operator import settings as settings_mod
-from avatar_operator.api import rules
+from avatar_operator.api import names, rules
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
-from avatar_operator.build import pod as manifests
 from avatar_operator.build import token as tokens
 from avatar_operator.clients import kube
 from avatar_operator.controller import cloud_mode, credentials, local_mode, room_watch
@@ -56,7 +55,7 @@ class Worker:
         self.status = copy.deepcopy(dict(self.body.get("status") or {}))
         self.written = self.status
         meta = self.body.metadata
-        self.ref = manifests.SessionRef(name=str(meta.name), namespace=str(meta.namespace), uid=str(meta.uid))
+        self.ref = names.SessionRef(name=str(meta.name), namespace=str(meta.namespace), uid=str(meta.uid))
         self.mailbox = signals.mailbox(self.ref.uid)
 
     # --- status -----------------------------------------------------------

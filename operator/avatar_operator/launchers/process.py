@@ -15,16 +15,16 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-from avatar_runner import launcher
+from avatar_runner import contract, launcher
 
-from avatar_operator.build import pod as manifests
+from avatar_operator.api import names
 from avatar_operator.controller import mailbox as signals
 
 _launcher = launcher.RunnerLauncher(pathlib.Path(os.environ.get("AVATAR_PROCESS_WORKDIR", "/tmp/avatar-runners")))
 _watchers: dict[str, asyncio.Task[None]] = {}
 
 
-def _key(ref: manifests.SessionRef) -> str:
+def _key(ref: names.SessionRef) -> str:
     return f"{ref.namespace}/{ref.name}"
 
 
@@ -35,7 +35,7 @@ def runner_env(pod: Mapping[str, Any], token: str) -> dict[str, str]:
         if "value" in item:
             env[item["name"]] = str(item["value"])
     env.pop("LIVEKIT_TOKEN_FILE", None)  # no Secret volume for a local process
-    env[manifests.TOKEN_KEY] = token
+    env[contract.TOKEN_KEY] = token
     env["HEALTH_PORT"] = "0"  # many runners on one machine: no fixed port
     for name in ("AVATAR_IMAGE_FILE", "BITHUMAN_API_SECRET", "BITHUMAN_API_TOKEN"):
         if os.environ.get(name):
@@ -43,7 +43,7 @@ def runner_env(pod: Mapping[str, Any], token: str) -> dict[str, str]:
     return env
 
 
-def start(ref: manifests.SessionRef, pod: Mapping[str, Any], token: str) -> None:
+def start(ref: names.SessionRef, pod: Mapping[str, Any], token: str) -> None:
     key = _key(ref)
     if _launcher.is_running(key):
         return
@@ -51,7 +51,7 @@ def start(ref: manifests.SessionRef, pod: Mapping[str, Any], token: str) -> None
     _watchers[key] = asyncio.get_running_loop().create_task(_watch(ref))
 
 
-async def _watch(ref: manifests.SessionRef) -> None:
+async def _watch(ref: names.SessionRef) -> None:
     key = _key(ref)
     signals.post_pod(ref.uid, {"spec": {"nodeName": "local-process"}, "status": {"phase": "Running"}})
     while True:
@@ -69,13 +69,13 @@ async def _watch(ref: manifests.SessionRef) -> None:
             "spec": {"nodeName": "local-process"},
             "status": {
                 "phase": "Succeeded" if code == 0 else "Failed",
-                "containerStatuses": [{"name": manifests.RUNNER_CONTAINER, "state": {"terminated": terminated}}],
+                "containerStatuses": [{"name": contract.CONTAINER_NAME, "state": {"terminated": terminated}}],
             },
         },
     )
 
 
-def stop(ref: manifests.SessionRef) -> None:
+def stop(ref: names.SessionRef) -> None:
     key = _key(ref)
     _launcher.stop(key)
     task = _watchers.pop(key, None)

@@ -1,0 +1,81 @@
+"""The names the API is known by, and the names of what a session owns.
+
+Pure: no I/O. The group, version and kinds are the CRD's; the labels and
+child names are what the operator puts on the objects it makes, so a
+restarted operator finds them again by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+GROUP = "avatar-operator.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "AvatarSession"
+PLURAL = "avatarsessions"
+SHORT_NAME = "avs"
+FINALIZER = f"{GROUP}/cleanup"
+MANAGER = "avatar-operator"
+
+SESSION_LABEL = f"{GROUP}/session"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+NAME_MAX = 253  # an object name (a DNS subdomain)
+LABEL_VALUE_MAX = 63
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionRef:
+    """The session an owned object points back to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def shorten(value: str, limit: int) -> str:
+    """value, or a prefix of it plus a hash of the whole when longer than limit."""
+    if len(value) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    return f"{value[: limit - 9]}-{digest}"
+
+
+def child_name(session: str, suffix: str) -> str:
+    """A stable name for an owned object (object names are at most 253 characters)."""
+    return shorten(f"{session}-{suffix}", NAME_MAX)
+
+
+def runner_pod_name(session: str) -> str:
+    return child_name(session, "runner")
+
+
+def token_secret_name(session: str) -> str:
+    return child_name(session, "token")
+
+
+def labels(ref: SessionRef, component: str) -> dict[str, str]:
+    return {
+        SESSION_LABEL: shorten(ref.name, LABEL_VALUE_MAX),
+        COMPONENT_LABEL: component,
+        MANAGED_BY_LABEL: MANAGER,
+    }
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(o.get("uid") == uid for o in obj.get("metadata", {}).get("ownerReferences", []) or [])
