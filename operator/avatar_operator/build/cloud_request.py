@@ -236,6 +236,53 @@ def build_request(
     bitHuman should authenticate, a minted runtime token for the default API.
     `default_api` is as in `request_format`.
     """
+    _check_inputs(
+        api_url=api_url,
+        livekit_url=livekit_url,
+        livekit_token=livekit_token,
+        room=room,
+        idempotency_key=idempotency_key,
+        avatar_image=avatar_image,
+        avatar_image_bytes=avatar_image_bytes,
+    )
+    # Decoded (and so checked) before the credentials, whichever the format.
+    image_data = _image_data(avatar_image) if avatar_image is not None else None
+    room_fields = {"livekit_url": livekit_url, "livekit_token": livekit_token, "room_name": room}
+    if request_format(api_url, model, default_api=default_api) is RequestFormat.FORM:
+        return _form_request(
+            api_url=api_url,
+            credential=api_token or api_secret,
+            room_fields=room_fields,
+            model=model,
+            avatar_id=avatar_id,
+            avatar_image=avatar_image,
+            avatar_image_bytes=avatar_image_bytes,
+            image_data=image_data,
+            idempotency_key=idempotency_key,
+        )
+    return _json_request(
+        api_url=api_url,
+        api_secret=api_secret,
+        room_fields=room_fields,
+        model=model,
+        avatar_id=avatar_id,
+        avatar_image=avatar_image,
+        avatar_image_bytes=avatar_image_bytes,
+        idempotency_key=idempotency_key,
+    )
+
+
+def _check_inputs(
+    *,
+    api_url: str,
+    livekit_url: str,
+    livekit_token: str,
+    room: str,
+    idempotency_key: str,
+    avatar_image: str | None,
+    avatar_image_bytes: bytes | None,
+) -> None:
+    """What every request needs, whatever its format."""
     parsed = urlparse(api_url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise CloudRequestError("bithuman.apiUrl must be an http:// or https:// URL")
@@ -250,50 +297,72 @@ def build_request(
             raise MissingInputError(what, why)
     if avatar_image is not None and avatar_image_bytes is not None:
         raise CloudRequestError("set at most one of avatarImage and avatarImageFrom")
-    has_image = avatar_image is not None or avatar_image_bytes is not None
-    image_data = _image_data(avatar_image) if avatar_image is not None else None
 
-    if request_format(api_url, model, default_api=default_api) is RequestFormat.FORM:
-        credential = api_token or api_secret
-        if not credential:
-            raise MissingInputError(
-                "BITHUMAN_API_TOKEN or BITHUMAN_API_SECRET",
-                "a custom endpoint authenticates with a Bearer credential",
-            )
-        form = {"livekit_url": livekit_url, "livekit_token": livekit_token, "room_name": room}
-        if model:
-            form["model"] = model
-        flag = async_flag(api_url)
-        if flag is not None:
-            form["async_mode"] = "true" if flag else "false"
-        upload: bytes | None = None
-        if avatar_image_bytes is not None:
-            upload = _jpeg(avatar_image_bytes)
-        elif avatar_image is not None and image_data is None:
-            form["avatar_image_url"] = avatar_image
-        else:
-            # Base64 is uploaded decoded and labelled JPEG whatever it holds, as the plugin does.
-            upload = image_data
-        if avatar_id:
-            form["avatar_id"] = avatar_id
-        return CloudRequest(
-            url=api_url,
-            format=RequestFormat.FORM,
-            headers=types.MappingProxyType(
-                {"Authorization": f"Bearer {credential}", "Idempotency-Key": idempotency_key}
-            ),
-            form=types.MappingProxyType(form),
-            file=None if upload is None else FormFile(upload, "avatar.jpg", "image/jpeg"),
+
+def _form_request(
+    *,
+    api_url: str,
+    credential: str | None,
+    room_fields: Mapping[str, str],
+    model: str | None,
+    avatar_id: str | None,
+    avatar_image: str | None,
+    avatar_image_bytes: bytes | None,
+    image_data: bytes | None,
+    idempotency_key: str,
+) -> CloudRequest:
+    """The plugin's `_send_formdata_request`: a custom expression-family endpoint."""
+    if not credential:
+        raise MissingInputError(
+            "BITHUMAN_API_TOKEN or BITHUMAN_API_SECRET",
+            "a custom endpoint authenticates with a Bearer credential",
         )
+    form = dict(room_fields)
+    if model:
+        form["model"] = model
+    flag = async_flag(api_url)
+    if flag is not None:
+        form["async_mode"] = "true" if flag else "false"
+    upload: bytes | None = None
+    if avatar_image_bytes is not None:
+        upload = _jpeg(avatar_image_bytes)
+    elif avatar_image is not None and image_data is None:
+        form["avatar_image_url"] = avatar_image
+    else:
+        # Base64 is uploaded decoded and labelled JPEG whatever it holds, as the plugin does.
+        upload = image_data
+    if avatar_id:
+        form["avatar_id"] = avatar_id
+    return CloudRequest(
+        url=api_url,
+        format=RequestFormat.FORM,
+        headers=types.MappingProxyType(
+            {"Authorization": f"Bearer {credential}", "Idempotency-Key": idempotency_key}
+        ),
+        form=types.MappingProxyType(form),
+        file=None if upload is None else FormFile(upload, "avatar.jpg", "image/jpeg"),
+    )
 
+
+def _json_request(
+    *,
+    api_url: str,
+    api_secret: str | None,
+    room_fields: Mapping[str, str],
+    model: str | None,
+    avatar_id: str | None,
+    avatar_image: str | None,
+    avatar_image_bytes: bytes | None,
+    idempotency_key: str,
+) -> CloudRequest:
+    """The plugin's `_send_json_request`: bitHuman's API, and custom non-expression endpoints."""
     if not api_secret:
         raise MissingInputError(
             "BITHUMAN_API_SECRET", "bitHuman's session API authenticates with the api-secret header"
         )
+    has_image = avatar_image is not None or avatar_image_bytes is not None
     body = {
-        "livekit_url": livekit_url,
-        "livekit_token": livekit_token,
-        "room_name": room,
+        **room_fields,
         # The legacy engine selector, still sent for servers that predate `model`.
         "mode": "gpu" if has_image or is_expression_model(model) else "cpu",
     }
