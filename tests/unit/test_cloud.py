@@ -1,4 +1,5 @@
-"""The bitHuman cloud request: plugin parity of its shape, and the retry rules.
+"""The bitHuman cloud request: plugin parity of its shape (build/cloud_request),
+and the retry rules of its sender (clients/bithuman).
 
 Shapes are checked side by side with the installed `livekit-plugins-bithuman`:
 the real plugin methods run against the fake API (or, for bitHuman's own
@@ -27,16 +28,19 @@ import aiohttp
 import pytest
 from avatar_operator.build import cloud_request as cloud
 from avatar_operator.build.cloud_request import (
-    Accepted,
     CloudRequest,
     CloudRequestError,
     InvalidImageError,
     MissingInputError,
-    Rejected,
     RequestFormat,
+    build_request,
+)
+from avatar_operator.clients import bithuman
+from avatar_operator.clients.bithuman import (
+    Accepted,
+    Rejected,
     RetriesExhausted,
     RetryPolicy,
-    build_request,
     send,
 )
 from livekit.agents import APIConnectOptions
@@ -423,7 +427,7 @@ async def _send(
     http: aiohttp.ClientSession,
     req: CloudRequest,
     policy: RetryPolicy = POLICY,
-) -> tuple[cloud.CloudResult, FakeSleep, list[int]]:
+) -> tuple[bithuman.CloudResult, FakeSleep, list[int]]:
     sleep = FakeSleep()
     attempts: list[int] = []
 
@@ -515,7 +519,7 @@ def _http_date(seconds_from_now: float) -> str:
     [
         ("7", 7.0),  # honoured when longer than the interval
         ("0.5", 2.0),  # never shorter than the interval
-        ("100000", cloud.RETRY_AFTER_CAP_S),  # capped
+        ("100000", bithuman.RETRY_AFTER_CAP_S),  # capped
         ("soon", 2.0),  # unusable: the interval
         (None, 2.0),
     ],
@@ -674,7 +678,7 @@ async def test_a_long_refusal_is_truncated(
     result, _, _ = await _send(http, _ours(api_url=fake.url))
 
     assert isinstance(result.outcome, Rejected)
-    assert result.outcome.message == "x" * cloud.MESSAGE_LIMIT
+    assert result.outcome.message == "x" * bithuman.MESSAGE_LIMIT
 
 
 @pytest.mark.parametrize(

@@ -1,67 +1,42 @@
-"""The request that asks bitHuman's cloud for an avatar, and its sender.
+"""The request that asks bitHuman's cloud for an avatar: pure, no I/O.
 
-`build_request` is pure: it shapes the request exactly as
-`livekit-plugins-bithuman` 1.8.10 does (`_start_cloud_agent`,
-`_send_json_request`, `_send_formdata_request`), so a session started by the
-operator looks to bitHuman like one started by the plugin. Where the operator
-differs, it is on purpose:
+`build_request` shapes the request exactly as `livekit-plugins-bithuman`
+1.8.10 does (`_start_cloud_agent`, `_send_json_request`,
+`_send_formdata_request`), so a session started by the operator looks to
+bitHuman like one started by the plugin. Where the operator differs, it is on
+purpose:
 
 - every request carries an `Idempotency-Key`, so a retry after a lost answer
   cannot start a second avatar;
 - an image from a ConfigMap/Secret (the plugin's PIL path) is flattened to RGB
-  before the JPEG re-encode, where the plugin raises on RGBA or palette images;
-- `send` retries only what can succeed on a retry (design.md §3), bounds the
-  whole attempt in time, does not follow redirects, and builds the form body
-  afresh for each attempt (the plugin re-sends one FormData object, whose
-  parts aiohttp consumes when it encodes them).
+  before the JPEG re-encode, where the plugin raises on RGBA or palette images.
 
+`avatar_operator.clients.bithuman.send` sends what this builds.
 Nothing here logs or returns request headers or bodies: they hold the bitHuman
 credential and the avatar's LiveKit token.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import datetime
-import email.utils
 import enum
 import io
-import logging
-import math
 import re
 import types
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlparse
 
-import aiohttp
 from PIL import Image
-
-logger = logging.getLogger(__name__)
 
 # The plugin's `_is_default_api_url` list: these hosts are bitHuman's own API.
 DEFAULT_API_HOSTS = ("auth.api.bithuman.ai", "api.bithuman.ai")
+# The form field a FormFile travels in (the plugin's and the GPU worker's name).
+FORM_FILE_FIELD = "avatar_image"
 
-# The plugin's sock_connect-only timeout leaves reading the answer unbounded,
-# so a server that accepts the connection and never answers would hold the
-# handler forever. A total bound of a few connect timeouts keeps the plugin's
-# meaning for `connection.timeout` and still ends a hung attempt.
-TOTAL_TIMEOUT_FACTOR = 3.0
-# A Retry-After beyond this is not waited for: the session would sit in
-# Starting for longer than a user watching `kubectl get avs` expects.
-RETRY_AFTER_CAP_S = 60.0
-# How much of a refusal's body reaches the status condition and Events.
-MESSAGE_LIMIT = 300
-# How much of any answer is read: the useful part is short and the server is
-# not trusted to bound it.
-_READ_LIMIT = 64 * 1024
-
-_FILE_FIELD = "avatar_image"
 _JPEG_QUALITY = 95  # the plugin's re-encode quality
 _BASE64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
-_REDACTED = "[redacted]"
 # Headers and fields whose values are credentials, kept out of every message.
 _SECRET_HEADERS = ("api-secret", "Authorization")
 _SECRET_FIELDS = ("livekit_token",)
@@ -118,52 +93,6 @@ class CloudRequest:
         values += [v[len(bearer) :] for v in values if v.startswith(bearer)]
         # Longest first, so a value containing another is replaced whole.
         return tuple(sorted({v for v in values if v}, key=len, reverse=True))
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """The spec's `connection` (the plugin's APIConnectOptions)."""
-
-    max_retry: int  # total attempts, as the plugin's range(max_retry)
-    retry_interval: float
-    timeout: float
-
-    def __post_init__(self) -> None:
-        if self.max_retry < 1:
-            raise ValueError(f"max_retry must be >= 1, got {self.max_retry}")
-        if self.retry_interval < 0:
-            raise ValueError(f"retry_interval must be >= 0, got {self.retry_interval}")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {self.timeout}")
-
-
-@dataclass(frozen=True)
-class Accepted:
-    status: int
-    body: bytes = field(repr=False)  # the 2xx answer, at most _READ_LIMIT bytes
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A 4xx (other than 429) or 3xx: the server refused; retrying cannot help."""
-
-    status: int
-    message: str
-
-
-@dataclass(frozen=True)
-class RetriesExhausted:
-    message: str  # the last attempt's error
-
-
-Outcome = Accepted | Rejected | RetriesExhausted
-
-
-@dataclass(frozen=True)
-class CloudResult:
-    outcome: Outcome
-    attempts: int
-    status: int | None  # the last HTTP status, None when no answer came
 
 
 def is_default_api_url(url: str) -> bool:
@@ -422,117 +351,3 @@ def _jpeg(data: bytes) -> bytes:
             f"avatarImageFrom does not hold an image Pillow can read ({type(err).__name__})"
         ) from None
     return out.getvalue()
-
-
-async def send(
-    session: aiohttp.ClientSession,
-    req: CloudRequest,
-    policy: RetryPolicy,
-    *,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    on_attempt: Callable[[int], Awaitable[None]] | None = None,
-) -> CloudResult:
-    """POST `req`, retrying connection errors, timeouts, 429 and 5xx.
-
-    Any other answer ends it at once: a 2xx is Accepted, the rest Rejected with
-    the server's status and (truncated) body. `on_attempt(n)` runs before
-    attempt n (1-based), so a caller can record progress.
-    """
-    timeout = aiohttp.ClientTimeout(
-        total=policy.timeout * TOTAL_TIMEOUT_FACTOR, sock_connect=policy.timeout
-    )
-    secrets = req.sensitive_values()
-    last_error = ""
-    last_status: int | None = None
-    for attempt in range(1, policy.max_retry + 1):
-        if on_attempt is not None:
-            await on_attempt(attempt)
-        delay = policy.retry_interval
-        try:
-            async with session.post(
-                req.url,
-                headers=dict(req.headers),
-                json=None if req.json is None else dict(req.json),
-                data=_form_data(req),
-                timeout=timeout,
-                # A redirect would re-send the api-secret header to wherever it points.
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                body = await resp.content.read(_READ_LIMIT)
-                retry_after = resp.headers.get("Retry-After")
-                reason = resp.reason or ""
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
-            last_status = None
-            last_error = _redact(_describe(err, policy), secrets)
-        else:
-            if 200 <= status < 300:
-                return CloudResult(Accepted(status, body), attempt, status)
-            text = body.decode("utf-8", errors="replace").strip() or reason
-            message = _redact(text, secrets)[:MESSAGE_LIMIT]
-            if status != 429 and status < 500:
-                return CloudResult(Rejected(status, message), attempt, status)
-            last_status = status
-            last_error = f"HTTP {status}: {message}"
-            if status == 429:
-                wait = _retry_after_s(retry_after)
-                if wait is not None:
-                    delay = max(delay, min(wait, RETRY_AFTER_CAP_S))
-        logger.warning(
-            "bitHuman request attempt %d/%d failed: %s", attempt, policy.max_retry, last_error
-        )
-        if attempt < policy.max_retry:
-            await sleep(delay)
-    return CloudResult(RetriesExhausted(last_error), policy.max_retry, last_status)
-
-
-def _form_data(req: CloudRequest) -> aiohttp.FormData | None:
-    if req.form is None:
-        return None
-    form = aiohttp.FormData()
-    for name, value in req.form.items():
-        form.add_field(name, value)
-    if req.file is not None:
-        form.add_field(
-            _FILE_FIELD,
-            req.file.data,
-            filename=req.file.filename,
-            content_type=req.file.content_type,
-        )
-    return form
-
-
-def _describe(err: BaseException, policy: RetryPolicy) -> str:
-    if isinstance(err, TimeoutError):
-        return (
-            f"no answer in time (connect limit {policy.timeout:g}s, "
-            f"total limit {policy.timeout * TOTAL_TIMEOUT_FACTOR:g}s)"
-        )
-    detail = str(err)
-    return f"{type(err).__name__}: {detail}" if detail else type(err).__name__
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), None if unusable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-        return max(seconds, 0.0)
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def _redact(text: str, secrets: tuple[str, ...]) -> str:
-    # A server may echo what it was sent; the credential must not ride along.
-    for secret in secrets:
-        text = text.replace(secret, _REDACTED)
-    return text
