@@ -15,10 +15,15 @@ on a local process). Blank counts as unset.
     AVATAR_IMAGE_FILE      portrait: the picture to animate (default: a drawn face)
     AVATAR_FPS             portrait: frames per second, 1-60 (default 25);
                            bithuman renders at its model's own rate
-    AVATAR_MAX_DURATION    seconds from the runner's start; unset: no limit
+    AVATAR_MAX_DURATION    seconds from the runner's start; unset: no limit (the
+                           operator leaves it unset: it enforces spec.maxDuration
+                           itself, as that may change while the session runs)
     HEALTH_PORT            /healthz, /readyz, /metrics (default 8080; 0: off)
     TERMINATION_LOG_PATH   where to write the exit reason (default
                            /dev/termination-log, written only if it exists)
+
+The names and defaults are `avatar_runner.contract`'s, which the operator
+writes from.
 
 Parsing is a pure function of the environment and a file reader, so every
 rule is unit-tested without a process; a bad value fails before anything
@@ -29,22 +34,14 @@ variable.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 import pathlib
 from collections.abc import Callable, Mapping
 
-# Where Kubernetes collects a container's last words (terminationMessagePath).
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+from .contract import HEALTH_PORT, TERMINATION_LOG, Env, Renderer
+
 DEFAULT_FPS = 25.0
 MAX_FPS = 60.0
-DEFAULT_HEALTH_PORT = 8080
-
-
-class RendererKind(str, enum.Enum):
-    PORTRAIT = "portrait"  # the built-in CPU portrait renderer (not bitHuman)
-    BITHUMAN = "bithuman"  # the bitHuman SDK with a local .imx model
-
 
 class ConfigError(ValueError):
     """A variable is missing or invalid; the message names it and the fix."""
@@ -66,7 +63,7 @@ class RunnerConfig:
     livekit_url: str
     livekit_token: str
     agent_identity: str
-    renderer: RendererKind
+    renderer: Renderer
     bithuman: BithumanSettings | None  # set exactly when renderer is BITHUMAN
     image_file: str | None
     fps: float
@@ -86,21 +83,21 @@ def _read_text(path: str) -> str:
     return pathlib.Path(path).read_text()
 
 
-def _get(env: Mapping[str, str], name: str) -> str | None:
+def _get(env: Mapping[str, str], name: Env) -> str | None:
     """The stripped value, or None when unset or blank (Kubernetes renders
     an optional value as an empty string as easily as it omits it)."""
     value = env.get(name, "").strip()
     return value or None
 
 
-def _require(env: Mapping[str, str], name: str, what: str) -> str:
+def _require(env: Mapping[str, str], name: Env, what: str) -> str:
     value = _get(env, name)
     if value is None:
         raise ConfigError(f"{name} is required: {what}")
     return value
 
 
-def _positive_float(env: Mapping[str, str], name: str) -> float | None:
+def _positive_float(env: Mapping[str, str], name: Env) -> float | None:
     raw = _get(env, name)
     if raw is None:
         return None
@@ -114,73 +111,70 @@ def _positive_float(env: Mapping[str, str], name: str) -> float | None:
 
 
 def _token(env: Mapping[str, str], read_text: Callable[[str], str]) -> str:
-    inline = _get(env, "LIVEKIT_TOKEN")
-    path = _get(env, "LIVEKIT_TOKEN_FILE")
+    inline = _get(env, Env.LIVEKIT_TOKEN)
+    path = _get(env, Env.LIVEKIT_TOKEN_FILE)
     if inline is not None and path is not None:
-        raise ConfigError("set only one of LIVEKIT_TOKEN and LIVEKIT_TOKEN_FILE")
+        raise ConfigError(f"set only one of {Env.LIVEKIT_TOKEN} and {Env.LIVEKIT_TOKEN_FILE}")
     if inline is not None:
         return inline
     if path is None:
         raise ConfigError(
-            "LIVEKIT_TOKEN or LIVEKIT_TOKEN_FILE is required: the avatar's room token"
+            f"{Env.LIVEKIT_TOKEN} or {Env.LIVEKIT_TOKEN_FILE} is required: the avatar's room token"
         )
     try:
         token = read_text(path).strip()
     except OSError as err:
-        raise ConfigError(f"LIVEKIT_TOKEN_FILE {path!r} cannot be read: {err.strerror}") from None
+        raise ConfigError(f"{Env.LIVEKIT_TOKEN_FILE} {path!r} cannot be read: {err.strerror}") from None
     if not token:
-        raise ConfigError(f"LIVEKIT_TOKEN_FILE {path!r} is empty")
+        raise ConfigError(f"{Env.LIVEKIT_TOKEN_FILE} {path!r} is empty")
     return token
 
 
-def _renderer(env: Mapping[str, str]) -> RendererKind:
-    raw = _require(
-        env, "AVATAR_RENDERER", f"one of {', '.join(k.value for k in RendererKind)}"
-    )
+def _renderer(env: Mapping[str, str]) -> Renderer:
+    choices = ", ".join(k.value for k in Renderer)
+    raw = _require(env, Env.RENDERER, f"one of {choices}")
     try:
-        return RendererKind(raw.lower())
+        return Renderer(raw.lower())
     except ValueError:
-        choices = ", ".join(k.value for k in RendererKind)
-        raise ConfigError(f"AVATAR_RENDERER must be one of {choices}, got {raw!r}") from None
+        raise ConfigError(f"{Env.RENDERER} must be one of {choices}, got {raw!r}") from None
 
 
 def _bithuman(env: Mapping[str, str]) -> BithumanSettings:
-    model_path = _require(
-        env, "BITHUMAN_MODEL_PATH", "the .imx model file for AVATAR_RENDERER=bithuman"
-    )
-    secret = _get(env, "BITHUMAN_API_SECRET")
-    token = _get(env, "BITHUMAN_API_TOKEN")
+    for_bithuman = f"{Env.RENDERER}={Renderer.BITHUMAN}"
+    model_path = _require(env, Env.MODEL_PATH, f"the .imx model file for {for_bithuman}")
+    secret = _get(env, Env.BITHUMAN_API_SECRET)
+    token = _get(env, Env.BITHUMAN_API_TOKEN)
     # Same rule as livekit-plugins-bithuman's local mode.
     if secret is None and token is None:
         raise ConfigError(
-            "BITHUMAN_API_SECRET or BITHUMAN_API_TOKEN is required for AVATAR_RENDERER=bithuman"
+            f"{Env.BITHUMAN_API_SECRET} or {Env.BITHUMAN_API_TOKEN} is required for {for_bithuman}"
         )
     return BithumanSettings(model_path=model_path, api_secret=secret, api_token=token)
 
 
 def _fps(env: Mapping[str, str]) -> float:
-    raw = _get(env, "AVATAR_FPS")
+    raw = _get(env, Env.FPS)
     if raw is None:
         return DEFAULT_FPS
     try:
         fps = float(raw)
     except ValueError:
-        raise ConfigError(f"AVATAR_FPS must be a number, got {raw!r}") from None
+        raise ConfigError(f"{Env.FPS} must be a number, got {raw!r}") from None
     if not math.isfinite(fps) or not 1 <= fps <= MAX_FPS:
-        raise ConfigError(f"AVATAR_FPS must be between 1 and {MAX_FPS:g}, got {raw!r}")
+        raise ConfigError(f"{Env.FPS} must be between 1 and {MAX_FPS:g}, got {raw!r}")
     return fps
 
 
 def _health_port(env: Mapping[str, str]) -> int:
-    raw = _get(env, "HEALTH_PORT")
+    raw = _get(env, Env.HEALTH_PORT)
     if raw is None:
-        return DEFAULT_HEALTH_PORT
+        return HEALTH_PORT
     try:
         port = int(raw)
     except ValueError:
-        raise ConfigError(f"HEALTH_PORT must be an integer, got {raw!r}") from None
+        raise ConfigError(f"{Env.HEALTH_PORT} must be an integer, got {raw!r}") from None
     if not 0 <= port <= 65535:
-        raise ConfigError(f"HEALTH_PORT must be 0 (disabled) or a port 1-65535, got {raw!r}")
+        raise ConfigError(f"{Env.HEALTH_PORT} must be 0 (disabled) or a port 1-65535, got {raw!r}")
     return port
 
 
@@ -188,21 +182,26 @@ def parse_config(
     env: Mapping[str, str], read_text: Callable[[str], str] = _read_text
 ) -> RunnerConfig:
     """The runner's configuration from `env`; raises ConfigError on the first problem."""
-    url = _require(env, "LIVEKIT_URL", "the LiveKit server URL (ws://, wss://, http:// or https://)")
+    url = _require(env, Env.LIVEKIT_URL, "the LiveKit server URL (ws://, wss://, http:// or https://)")
     if not url.startswith(("ws://", "wss://", "http://", "https://")):
-        raise ConfigError(f"LIVEKIT_URL must start with ws://, wss://, http:// or https://, got {url!r}")
+        raise ConfigError(f"{Env.LIVEKIT_URL} must start with ws://, wss://, http:// or https://, got {url!r}")
     renderer = _renderer(env)
     return RunnerConfig(
         livekit_url=url,
         livekit_token=_token(env, read_text),
         agent_identity=_require(
-            env, "AGENT_IDENTITY", "the identity of the agent whose audio the avatar renders"
+            env, Env.AGENT_IDENTITY, "the identity of the agent whose audio the avatar renders"
         ),
         renderer=renderer,
-        bithuman=_bithuman(env) if renderer is RendererKind.BITHUMAN else None,
-        image_file=_get(env, "AVATAR_IMAGE_FILE"),
+        bithuman=_bithuman(env) if renderer is Renderer.BITHUMAN else None,
+        image_file=_get(env, Env.IMAGE_FILE),
         fps=_fps(env),
-        max_duration_s=_positive_float(env, "AVATAR_MAX_DURATION"),
+        max_duration_s=_positive_float(env, Env.MAX_DURATION),
         health_port=_health_port(env),
-        termination_log=_get(env, "TERMINATION_LOG_PATH") or DEFAULT_TERMINATION_LOG,
+        termination_log=termination_log_path(env),
     )
+
+
+def termination_log_path(env: Mapping[str, str]) -> str:
+    """Where to write the exit reason; also used when the rest of `env` is invalid."""
+    return _get(env, Env.TERMINATION_LOG_PATH) or TERMINATION_LOG

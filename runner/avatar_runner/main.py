@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from .config import DEFAULT_TERMINATION_LOG, ConfigError, RunnerConfig, parse_config
+from .config import ConfigError, RunnerConfig, parse_config, termination_log_path
 from .exits import ExitCode, Outcome, RunnerFailure, redact_tokens, write_termination_log
 
 log = logging.getLogger("avatar_runner")
@@ -82,7 +82,6 @@ def main() -> int:
     try:
         config = parse_config(os.environ)
     except ConfigError as err:
-        termination_log = os.environ.get("TERMINATION_LOG_PATH", "").strip() or DEFAULT_TERMINATION_LOG
-        return _finish(Outcome(ExitCode.CONFIG_INVALID, str(err)), termination_log)
+        return _finish(Outcome(ExitCode.CONFIG_INVALID, str(err)), termination_log_path(os.environ))
     log.info("starting: %r", config)
     return _finish(asyncio.run(_run(config, started_at)), config.termination_log)

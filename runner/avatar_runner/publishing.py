@@ -13,7 +13,6 @@ import dataclasses
 
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioReceiver, AvatarOptions, AvatarRunner, VideoGenerator
-from livekit.rtc._proto import room_pb2
 
 # LiveKit's presets spend about 0.05-0.06 bits per pixel (h540: 800 kbps for
 # 960x540 at 25 fps; h720: 1.7 Mbps for 1280x720 at 30 fps).
@@ -37,7 +36,8 @@ class VideoPublishing:
             simulcast=self.simulcast,
             # Lips need the frame rate more than the pixels: under load, lower
             # the resolution, not the frame rate.
-            degradation_preference=room_pb2.DegradationPreference.DEGRADATION_PREFERENCE_MAINTAIN_FRAMERATE,
+            # (.value: the field's type is the protobuf enum's int, not this IntEnum.)
+            degradation_preference=rtc.DegradationPreference.MAINTAIN_FRAMERATE.value,
         )
 
 
@@ -54,6 +54,8 @@ class AvatarPublisher(AvatarRunner):
 
     Overrides AvatarRunner's (private) publish step, otherwise the same:
     audio first, video once someone listens, as livekit-agents does.
+    tests/unit/test_publishing_drift.py fails when the installed
+    livekit-agents' copy of that step no longer matches this one.
     """
 
     def __init__(
@@ -69,14 +71,19 @@ class AvatarPublisher(AvatarRunner):
         self._publishing = publishing
 
     async def _publish_track(self) -> None:
+        # livekit-agents' method, line for line, but for `video_options`.
         async with self._lock:
             await self._room_connected_fut
+
             audio_track = rtc.LocalAudioTrack.create_audio_track("avatar_audio", self._audio_source)
+            audio_options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
             self._audio_publication = await self._room.local_participant.publish_track(
-                audio_track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+                audio_track, audio_options
             )
             await self._audio_publication.wait_for_subscription()
+
             video_track = rtc.LocalVideoTrack.create_video_track("avatar_video", self._video_source)
+            video_options = self._publishing.options()  # the one difference
             self._video_publication = await self._room.local_participant.publish_track(
-                video_track, self._publishing.options()
+                video_track, video_options
             )

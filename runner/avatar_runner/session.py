@@ -23,6 +23,7 @@ from livekit import rtc
 from livekit.agents.voice.avatar import AvatarOptions, DataStreamAudioReceiver
 
 from .config import RunnerConfig
+from .contract import Env
 from .exits import ExitCode, Outcome, RunnerFailure
 from .health import RunnerMetrics
 from .publishing import AvatarPublisher, video_publishing
@@ -133,8 +134,23 @@ async def _in_room(
     started_at: float,
     stop: StopRequest,
 ) -> Outcome:
-    agent = config.agent_identity
-    ended: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    room, ended = await _join(config, stop)
+    avatar = _AvatarPipeline(room, renderer, metrics, started_at=started_at, agent=config.agent_identity)
+    pipeline_task = asyncio.create_task(avatar.run())
+    stop_task = asyncio.create_task(stop.wait())
+    try:
+        return await _wait_for_the_end(config, started_at, stop, avatar, ended, pipeline_task, stop_task)
+    finally:
+        stop_task.cancel()
+        pipeline_task.cancel()
+        with contextlib.suppress(BaseException):
+            await pipeline_task
+        await avatar.aclose()
+        await _bounded(room.disconnect(), "leaving the room")
+
+
+def _watch_room(room: rtc.Room, agent: str, ended: asyncio.Future[Outcome]) -> None:
+    """Settles `ended` when the agent leaves or the room goes away."""
 
     def end(outcome: Outcome) -> None:
         if not ended.done():
@@ -146,9 +162,16 @@ async def _in_room(
         if participant.identity == agent and room.connection_state == rtc.ConnectionState.CONN_CONNECTED:
             end(Outcome(ExitCode.OK, f"agent {agent!r} left the room"))
 
-    room = rtc.Room()
     room.on("participant_disconnected", on_participant_disconnected)
     room.on("disconnected", lambda reason: end(disconnect_outcome(reason)))
+
+
+async def _join(config: RunnerConfig, stop: StopRequest) -> tuple[rtc.Room, asyncio.Future[Outcome]]:
+    """The joined room, and the future its end (agent gone, room gone) settles."""
+    agent = config.agent_identity
+    ended: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    room = rtc.Room()
+    _watch_room(room, agent, ended)
     try:
         # The runner subscribes to nothing: speech arrives as data streams.
         options = rtc.RoomOptions(auto_subscribe=False)
@@ -163,67 +186,83 @@ async def _in_room(
             ExitCode.ROOM_UNREACHABLE, f"cannot reach the LiveKit room: no answer in {CONNECT_TIMEOUT_S:g} s"
         ) from None
     log.info("joined room %r as %r; waiting for agent %r", room.name, room.local_participant.identity, agent)
+    return room, ended
 
-    receiver = DataStreamAudioReceiver(room, sender_identity=agent)
-    generator = RendererVideoGenerator(renderer, metrics, started_at=started_at)
-    width, height = renderer.resolution
-    avatar = AvatarPublisher(
-        room,
-        audio_recv=receiver,
-        video_gen=generator,
-        options=AvatarOptions(
-            video_width=width,
-            video_height=height,
-            video_fps=renderer.fps,
-            audio_sample_rate=renderer.sample_rate,
-            audio_channels=1,
-        ),
-        publishing=video_publishing(width, height, renderer.fps),
-    )
-    generator.use_synchronizer(avatar.av_sync)
-    metrics.fps.set_function(lambda: avatar.av_sync.actual_fps)
-    started = False
 
-    async def pipeline() -> None:
-        nonlocal started
-        await avatar.start()  # returns once the agent is in the room
-        started = True
-        log.info("agent %r is in the room; rendering", agent)
-        await avatar.wait_for_complete()
+class _AvatarPipeline:
+    """livekit-agents' avatar protocol around the renderer: the agent's speech
+    in, the avatar's audio and video out."""
 
-    pipeline_task = asyncio.create_task(pipeline())
-    stop_task = asyncio.create_task(stop.wait())
-    # Counted from the runner's start: loading a model is part of the session.
-    time_left = (
-        None if config.max_duration_s is None
-        else max(0.0, config.max_duration_s - (time.monotonic() - started_at))
-    )
-    try:
-        waiters: set[asyncio.Future[Any]] = {ended, pipeline_task, stop_task}
-        done, _ = await asyncio.wait(waiters, timeout=time_left, return_when=asyncio.FIRST_COMPLETED)
-        if ended.done():
-            return ended.result()
-        if stop_task in done:
-            return Outcome(ExitCode.OK, stop.reason)
-        if pipeline_task in done:
-            if not started:
-                # It gave up before the agent ever came (the room went away):
-                # the room's own disconnect event says why; let it arrive.
-                with contextlib.suppress(asyncio.TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(ended), 2.0)
-            return _pipeline_outcome(pipeline_task, room, agent, agent_seen=started)
-        return Outcome(ExitCode.OK, f"AVATAR_MAX_DURATION of {config.max_duration_s:g} s reached")
-    finally:
-        stop_task.cancel()
-        pipeline_task.cancel()
-        with contextlib.suppress(BaseException):
-            await pipeline_task
-        if started:
-            await _bounded(avatar.aclose(), "closing the avatar runner")
+    def __init__(
+        self, room: rtc.Room, renderer: Renderer, metrics: RunnerMetrics, *, started_at: float, agent: str
+    ) -> None:
+        self.room = room
+        self.agent = agent
+        self.started = False  # the agent came and publishing began
+        self.receiver = DataStreamAudioReceiver(room, sender_identity=agent)
+        generator = RendererVideoGenerator(renderer, metrics, started_at=started_at)
+        width, height = renderer.resolution
+        self.publisher = AvatarPublisher(
+            room,
+            audio_recv=self.receiver,
+            video_gen=generator,
+            options=AvatarOptions(
+                video_width=width,
+                video_height=height,
+                video_fps=renderer.fps,
+                audio_sample_rate=renderer.sample_rate,
+                audio_channels=1,
+            ),
+            publishing=video_publishing(width, height, renderer.fps),
+        )
+        generator.use_synchronizer(self.publisher.av_sync)
+        metrics.fps.set_function(lambda: self.publisher.av_sync.actual_fps)
+
+    async def run(self) -> None:
+        await self.publisher.start()  # returns once the agent is in the room
+        self.started = True
+        log.info("agent %r is in the room; rendering", self.agent)
+        await self.publisher.wait_for_complete()
+
+    async def aclose(self) -> None:
+        if self.started:
+            await _bounded(self.publisher.aclose(), "closing the avatar runner")
         else:  # AvatarRunner.aclose() needs a started runner
-            await _bounded(receiver.aclose(), "closing the audio receiver")
-            await _bounded(avatar.av_sync.aclose(), "closing the synchronizer")
-        await _bounded(room.disconnect(), "leaving the room")
+            await _bounded(self.receiver.aclose(), "closing the audio receiver")
+            await _bounded(self.publisher.av_sync.aclose(), "closing the synchronizer")
+
+
+def _time_left(config: RunnerConfig, started_at: float) -> float | None:
+    # Counted from the runner's start: loading a model is part of the session.
+    if config.max_duration_s is None:
+        return None
+    return max(0.0, config.max_duration_s - (time.monotonic() - started_at))
+
+
+async def _wait_for_the_end(
+    config: RunnerConfig,
+    started_at: float,
+    stop: StopRequest,
+    avatar: _AvatarPipeline,
+    ended: asyncio.Future[Outcome],
+    pipeline_task: asyncio.Task[None],
+    stop_task: asyncio.Task[None],
+) -> Outcome:
+    """Whichever comes first: the room's end, a stop, the pipeline's end, the deadline."""
+    waiters: set[asyncio.Future[Any]] = {ended, pipeline_task, stop_task}
+    done, _ = await asyncio.wait(waiters, timeout=_time_left(config, started_at), return_when=asyncio.FIRST_COMPLETED)
+    if ended.done():
+        return ended.result()
+    if stop_task in done:
+        return Outcome(ExitCode.OK, stop.reason)
+    if pipeline_task in done:
+        if not avatar.started:
+            # It gave up before the agent ever came (the room went away):
+            # the room's own disconnect event says why; let it arrive.
+            with contextlib.suppress(asyncio.TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(ended), 2.0)
+        return _pipeline_outcome(pipeline_task, avatar.room, avatar.agent, agent_seen=avatar.started)
+    return Outcome(ExitCode.OK, f"{Env.MAX_DURATION} of {config.max_duration_s:g} s reached")
 
 
 def _pipeline_outcome(task: asyncio.Task[None], room: rtc.Room, agent: str, *, agent_seen: bool) -> Outcome:

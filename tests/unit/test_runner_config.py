@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import pathlib
 
 import bithuman
 import pytest
-from avatar_runner.config import (
-    DEFAULT_TERMINATION_LOG,
-    ConfigError,
-    RendererKind,
-    parse_config,
-)
+from avatar_runner import config as config_module
+from avatar_runner.config import ConfigError, parse_config, termination_log_path
+from avatar_runner.contract import TERMINATION_LOG, Env, Renderer
 from avatar_runner.exits import ExitCode, Outcome, write_termination_log
 from avatar_runner.renderers.bithuman import refusal
 from avatar_runner.session import connect_failure, disconnect_outcome
@@ -35,13 +33,13 @@ def test_portrait_defaults() -> None:
     assert config.livekit_url == "ws://livekit:7880"
     assert config.livekit_token == "room-token"
     assert config.agent_identity == "agent-1"
-    assert config.renderer is RendererKind.PORTRAIT
+    assert config.renderer is Renderer.PORTRAIT
     assert config.bithuman is None
     assert config.image_file is None
     assert config.fps == 25.0
     assert config.max_duration_s is None
     assert config.health_port == 8080
-    assert config.termination_log == DEFAULT_TERMINATION_LOG
+    assert config.termination_log == TERMINATION_LOG == "/dev/termination-log"
 
 
 def test_all_optional_values() -> None:
@@ -57,7 +55,7 @@ def test_all_optional_values() -> None:
         },
         no_files,
     )
-    assert config.renderer is RendererKind.PORTRAIT
+    assert config.renderer is Renderer.PORTRAIT
     assert config.image_file == "/img/face.png"
     assert config.fps == 30.0
     assert config.max_duration_s == 90.5
@@ -125,7 +123,7 @@ def test_bithuman_takes_a_secret_or_a_token(
     credentials: dict[str, str], secret: str | None, token: str | None
 ) -> None:
     config = parse_config({**BITHUMAN, **credentials}, no_files)
-    assert config.renderer is RendererKind.BITHUMAN
+    assert config.renderer is Renderer.BITHUMAN
     assert config.bithuman is not None
     assert config.bithuman.model_path == "/models/a.imx"
     assert (config.bithuman.api_secret, config.bithuman.api_token) == (secret, token)
@@ -153,6 +151,23 @@ def test_repr_hides_credentials() -> None:
     assert "/models/a.imx" in shown
     for secret in ("room-token", "s3cret-value", "t0ken-value"):
         assert secret not in shown
+
+
+@pytest.mark.parametrize(
+    ("env", "path"),
+    [({}, TERMINATION_LOG), ({"TERMINATION_LOG_PATH": "  "}, TERMINATION_LOG), ({"TERMINATION_LOG_PATH": "/t"}, "/t")],
+)
+def test_termination_log_path_even_when_the_rest_is_invalid(env: dict[str, str], path: str) -> None:
+    assert termination_log_path(env) == path
+
+
+def test_every_contract_variable_is_documented_and_read() -> None:
+    doc = config_module.__doc__ or ""
+    source = inspect.getsource(config_module)
+    for name in Env:
+        assert f"\n    {name.value} " in doc, name
+        assert f"Env.{name.name}" in source, name
+    assert {r.value for r in Renderer} == {"portrait", "bithuman"}
 
 
 def test_outcome_reason_is_one_line() -> None:

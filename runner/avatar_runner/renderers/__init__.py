@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ..config import RendererKind, RunnerConfig
+from .. import contract
+from ..config import RunnerConfig
 from .base import Renderer, RendererRefused
 
 
 async def open_renderer(config: RunnerConfig) -> Renderer:
     """The renderer `config` asks for, ready to render; raises RendererRefused."""
-    if config.renderer is RendererKind.PORTRAIT:
+    if config.renderer is contract.Renderer.PORTRAIT:
         from .portrait import load_portrait
 
         return load_portrait(config.image_file, config.fps)
