@@ -51,6 +51,8 @@ READY_PATH = "/readyz"
 LIVE_PATH = "/healthz"
 
 CONTAINER_NAME = "runner"  # the runner pod's one container
+# The one writable directory: the runner pod's root filesystem is read-only.
+SCRATCH_DIR = "/tmp"
 MODULE = "avatar_runner"  # `python -m avatar_runner`
 RUN_AS_ID = 10001  # the image's USER, uid and gid (Dockerfile)
 # Where Kubernetes collects a container's last words (terminationMessagePath).

@@ -8,6 +8,7 @@ import pytest
 from avatar_operator.api import names, spec
 from avatar_operator.build import pod as manifests
 from avatar_operator.build import secret
+from avatar_runner import contract
 
 REF = names.SessionRef(name="lobby", namespace="team-a", uid="1234")
 DEFAULTS = manifests.RunnerDefaults(image="runner:1", renderer="bithuman", cpu="2", memory="4Gi")
@@ -97,3 +98,25 @@ def test_long_session_names_give_valid_names_and_labels() -> None:
     assert len(obj["metadata"]["name"]) <= 253
     assert len(obj["metadata"]["labels"][names.SESSION_LABEL]) <= 63
     assert names.child_name("a" * 250, "token") != names.child_name("a" * 251, "token")
+
+
+def test_pod_carries_no_max_duration_the_operator_enforces_it() -> None:
+    # spec.maxDuration may change while the session runs; a deadline copied
+    # into the pod would end it early after a lengthening edit.
+    for fields in ({}, {"maxDuration": 60}, {"maxDuration": 90.5}):
+        env = pod(session(**fields))["spec"]["containers"][0]["env"]
+        assert contract.Env.MAX_DURATION.value not in {e["name"] for e in env}
+
+
+def test_pod_speaks_the_runner_contract() -> None:
+    c = pod(session())["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env[contract.Env.HEALTH_PORT] == str(contract.HEALTH_PORT)
+    assert env[contract.Env.RENDERER] == DEFAULTS.renderer
+    assert env[contract.Env.MODEL_PATH] == "/models/a.imx"
+    assert c["name"] == contract.CONTAINER_NAME
+    assert c["ports"] == [{"name": contract.HEALTH_PORT_NAME, "containerPort": contract.HEALTH_PORT}]
+    assert c["readinessProbe"]["httpGet"]["path"] == contract.READY_PATH
+    assert c["livenessProbe"]["httpGet"]["path"] == contract.LIVE_PATH
+    # Plain strings, not enum members: the manifest is serialised as YAML too.
+    assert all(type(e["name"]) is str for e in c["env"])

@@ -46,6 +46,124 @@ RESTRICTED_CONTAINER_SECURITY = {
 }
 
 
+def _resources(spec: spec_mod.AvatarSessionSpec, defaults: RunnerDefaults) -> dict[str, Any]:
+    """runner.resources, else the operator's defaults; plus the GPUs, if any."""
+    runner = spec.runner
+    resources: dict[str, Any] = (
+        runner.resources.model_dump(by_alias=True, exclude_none=True) if runner and runner.resources else {}
+    )
+    if not resources:
+        resources = {
+            "requests": {"cpu": defaults.cpu, "memory": defaults.memory},
+            "limits": {"memory": defaults.memory},
+        }
+    gpus = gpu_count(spec)
+    if gpus:
+        # Extended resources must be set in limits (requests default to them).
+        resources.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
+    return resources
+
+
+def _var(name: contract.Env, value: str) -> dict[str, Any]:
+    return {"name": name.value, "value": value}
+
+
+def _secret_var(name: contract.Env, secret_name: str) -> dict[str, Any]:
+    """`name` from the key of the same name in Secret `secret_name`, if it has it."""
+    ref = {"name": secret_name, "key": name.value, "optional": True}
+    return {"name": name.value, "valueFrom": {"secretKeyRef": ref}}
+
+
+def _env(
+    spec: spec_mod.AvatarSessionSpec, *, livekit_url: str, bithuman_secret: str | None, renderer: str
+) -> list[dict[str, Any]]:
+    env = [
+        _var(contract.Env.LIVEKIT_URL, livekit_url),
+        # A file, not an env var: environment variables leak into crash dumps
+        # and `kubectl describe`-style tooling more easily than a mounted Secret.
+        _var(contract.Env.LIVEKIT_TOKEN_FILE, contract.TOKEN_FILE),
+        _var(contract.Env.AGENT_IDENTITY, spec.agent_identity),
+        _var(contract.Env.RENDERER, renderer),
+        _var(contract.Env.HEALTH_PORT, str(contract.HEALTH_PORT)),
+    ]
+    if spec.model_path:
+        env.append(_var(contract.Env.MODEL_PATH, spec.model_path))
+    # No AVATAR_MAX_DURATION: spec.maxDuration may change while the session
+    # runs, and the operator enforces it itself (it stops the runner). A
+    # deadline copied into the pod at creation ended sessions early after an
+    # edit lengthened it.
+    if bithuman_secret:
+        env.extend(_secret_var(key, bithuman_secret) for key in contract.BITHUMAN_CREDENTIAL_KEYS)
+    return env
+
+
+def _volumes(
+    ref: names.SessionRef, spec: spec_mod.AvatarSessionSpec
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the container's mounts of them."""
+    token_secret = {"secretName": names.token_secret_name(ref.name), "defaultMode": 0o440}
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "token", "secret": token_secret}]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": contract.SCRATCH_DIR},
+        {"name": "token", "mountPath": contract.TOKEN_DIR, "readOnly": True},
+    ]
+    if spec.model_volume is not None and spec.model_path:
+        volumes.append({"name": "model", **spec.model_volume.model_dump(by_alias=True, exclude_none=True)})
+        mounts.append({"name": "model", "mountPath": posixpath.dirname(spec.model_path) or "/", "readOnly": True})
+    return volumes, mounts
+
+
+def _probe(path: str, period_s: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": contract.HEALTH_PORT_NAME}, "periodSeconds": period_s}
+
+
+def _container(
+    image: str, env: list[dict[str, Any]], resources: dict[str, Any], mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "name": contract.CONTAINER_NAME,
+        "image": image,
+        "args": ["python", "-m", contract.MODULE],
+        "env": env,
+        "resources": resources,
+        "volumeMounts": mounts,
+        "ports": [{"name": contract.HEALTH_PORT_NAME, "containerPort": contract.HEALTH_PORT}],
+        "readinessProbe": _probe(contract.READY_PATH, 2),
+        "livenessProbe": _probe(contract.LIVE_PATH, 10),
+        # The runner writes its one-line exit reason here; the operator shows it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": RESTRICTED_CONTAINER_SECURITY,
+    }
+
+
+def _pod_spec(
+    container: dict[str, Any], volumes: list[dict[str, Any]], runner: spec_mod.RunnerSpec | None
+) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 15,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": contract.RUN_AS_ID,
+            "runAsGroup": contract.RUN_AS_ID,
+            "fsGroup": contract.RUN_AS_ID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if runner is not None:
+        if runner.node_selector:
+            pod_spec["nodeSelector"] = dict(runner.node_selector)
+        if runner.tolerations:
+            pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in runner.tolerations]
+        if runner.priority_class_name:
+            pod_spec["priorityClassName"] = runner.priority_class_name
+    return pod_spec
+
+
 def runner_pod(
     ref: names.SessionRef,
     spec: spec_mod.AvatarSessionSpec,
@@ -57,90 +175,10 @@ def runner_pod(
     """The runner Pod: passes the `restricted` Pod Security Standard, no API token,
     the room token from its Secret, the bitHuman credential by reference only."""
     runner = spec.runner
-    gpus = gpu_count(spec)
-    resources: dict[str, Any] = (
-        runner.resources.model_dump(by_alias=True, exclude_none=True) if runner and runner.resources else {}
-    )
-    if not resources:
-        resources = {
-            "requests": {"cpu": defaults.cpu, "memory": defaults.memory},
-            "limits": {"memory": defaults.memory},
-        }
-    if gpus:
-        # Extended resources must be set in limits (requests default to them).
-        resources.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
-
-    env: list[dict[str, Any]] = [
-        {"name": "LIVEKIT_URL", "value": livekit_url},
-        # A file, not an env var: environment variables leak into crash dumps
-        # and `kubectl describe`-style tooling more easily than a mounted Secret.
-        {"name": "LIVEKIT_TOKEN_FILE", "value": contract.TOKEN_FILE},
-        {"name": "AGENT_IDENTITY", "value": spec.agent_identity},
-        {"name": "AVATAR_RENDERER", "value": defaults.renderer},
-        {"name": "HEALTH_PORT", "value": "8080"},
-    ]
-    if spec.model_path:
-        env.append({"name": "BITHUMAN_MODEL_PATH", "value": spec.model_path})
-    if spec.max_duration:
-        env.append({"name": "AVATAR_MAX_DURATION", "value": str(spec.max_duration)})
-    if bithuman_secret:
-        for key in ("BITHUMAN_API_SECRET", "BITHUMAN_API_TOKEN"):
-            env.append(
-                {
-                    "name": key,
-                    "valueFrom": {"secretKeyRef": {"name": bithuman_secret, "key": key, "optional": True}},
-                }
-            )
-
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}},
-        {"name": "token", "secret": {"secretName": names.token_secret_name(ref.name), "defaultMode": 0o440}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "token", "mountPath": contract.TOKEN_DIR, "readOnly": True},
-    ]
-    if spec.model_volume is not None and spec.model_path:
-        volumes.append({"name": "model", **spec.model_volume.model_dump(by_alias=True, exclude_none=True)})
-        mounts.append({"name": "model", "mountPath": posixpath.dirname(spec.model_path) or "/", "readOnly": True})
-
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 15,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [
-            {
-                "name": contract.CONTAINER_NAME,
-                "image": (runner.image if runner and runner.image else defaults.image),
-                "args": ["python", "-m", "avatar_runner"],
-                "env": env,
-                "resources": resources,
-                "volumeMounts": mounts,
-                "ports": [{"name": "health", "containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "health"}, "periodSeconds": 2},
-                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10},
-                # The runner writes its one-line exit reason here; the operator shows it.
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": RESTRICTED_CONTAINER_SECURITY,
-            }
-        ],
-        "volumes": volumes,
-    }
-    if runner is not None:
-        if runner.node_selector:
-            pod_spec["nodeSelector"] = dict(runner.node_selector)
-        if runner.tolerations:
-            pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in runner.tolerations]
-        if runner.priority_class_name:
-            pod_spec["priorityClassName"] = runner.priority_class_name
+    env = _env(spec, livekit_url=livekit_url, bithuman_secret=bithuman_secret, renderer=defaults.renderer)
+    volumes, mounts = _volumes(ref, spec)
+    image = runner.image if runner and runner.image else defaults.image
+    container = _container(image, env, _resources(spec, defaults), mounts)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -150,5 +188,5 @@ def runner_pod(
             "labels": names.labels(ref, "runner"),
             "ownerReferences": [ref.owner_reference()],
         },
-        "spec": pod_spec,
+        "spec": _pod_spec(container, volumes, runner),
     }
