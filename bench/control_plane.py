@@ -451,7 +451,7 @@ class ControlPlane:
         """The same token Secret and runner Pod per session, created by a plain client."""
         ns = await self.new_namespace(f"{BL_PREFIX}{mode}-{n}-{rep}", credentials=False)
         settings = settings_mod.Settings.from_env({"AVATAR_RUNNER_IMAGE": "registry.invalid/avatar-runner:bench"})
-        defaults = manifests.RunnerDefaults(image=settings.runner_image, renderer=settings.runner_renderer, cpu=settings.runner_cpu, memory=settings.runner_memory)
+        defaults = manifests.RunnerDefaults(image=settings.runner.image, renderer=settings.runner.renderer, cpu=settings.runner.cpu, memory=settings.runner.memory)
         names = [f"s{i:04d}" for i in range(n)]
         objs = []
         for x in names:

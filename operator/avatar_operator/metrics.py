@@ -8,12 +8,15 @@ from typing import Protocol
 
 import prometheus_client as prom
 
+from avatar_operator.api import status as status_mod
+
 WORKERS = prom.Gauge("avatar_operator_session_workers", "Sessions with a running worker (not yet ended)")
 ENDED = prom.Counter("avatar_operator_sessions_ended_total", "Sessions that reached a terminal phase", ["phase"])
 
 
 class _HasStatus(Protocol):
-    status: dict[str, object]
+    @property
+    def status(self) -> status_mod.AvatarSessionStatus: ...
 
 
 @contextlib.contextmanager
@@ -23,9 +26,9 @@ def track(worker: _HasStatus) -> Iterator[None]:
         yield
     finally:
         WORKERS.dec()
-        phase = worker.status.get("phase")
-        if phase in ("Succeeded", "Failed"):
-            ENDED.labels(phase=str(phase)).inc()
+        phase = worker.status.phase
+        if phase in (status_mod.Phase.SUCCEEDED, status_mod.Phase.FAILED):
+            ENDED.labels(phase=phase.value).inc()
 
 
 def serve(port: int) -> None:

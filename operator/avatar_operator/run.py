@@ -6,13 +6,13 @@ import argparse
 import logging
 import random
 import socket
+import sys
 import urllib.parse
 
 import kopf
 
 from avatar_operator import metrics
 from avatar_operator import settings as settings_mod
-from avatar_operator.clients import kube
 
 
 def liveness_url(url: str | None) -> str | None:
@@ -29,7 +29,11 @@ def liveness_url(url: str | None) -> str | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = settings_mod.Settings.from_env()
+    try:
+        settings = settings_mod.Settings.from_env()
+    except settings_mod.SettingsError as e:
+        print(f"avatar-operator: {e}", file=sys.stderr)
+        return 2
     namespaces = list(getattr(args, "namespace", None) or settings.namespaces)
     clusterwide = bool(getattr(args, "all_namespaces", False)) or not namespaces
     kopf.configure(
@@ -40,7 +44,6 @@ def main(args: argparse.Namespace) -> int:
     # Secret payload can reach a log line even with --verbose.
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-    kube.configure()
     metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
 
     from avatar_operator.controller import handlers  # noqa: F401 - registers the handlers with kopf

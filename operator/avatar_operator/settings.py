@@ -1,81 +1,123 @@
 """The operator's settings: defaults a session may omit, read once from the environment.
 
 The Helm chart sets these variables from its values; `avatar-operator run`
-reads them at start. Every name is listed in README.md (Configuration).
+reads them at start. Every name is listed in README.md (Configuration). Each
+group is a pydantic-settings model, so a bad value is refused at start with
+the variable's name, never later in a session. A blank variable counts as
+unset, as Kubernetes renders an optional value as "" as easily as it omits it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import os
 from collections.abc import Mapping
+from typing import Annotated, Any
 
-DEFAULT_BITHUMAN_API_URL = "https://auth.api.bithuman.ai/v1/runtime-tokens/request"
+import pydantic
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from avatar_operator.api import spec as spec_mod
+
 DEFAULT_BITHUMAN_MINT_URL = "https://api.bithuman.ai/v1/runtime-tokens/mint"
 
 
-class Launcher(str, enum.Enum):
+class Launcher(enum.StrEnum):
     """How a local-mode runner is started."""
 
     POD = "pod"  # the default: a runner Pod owned by the session
     PROCESS = "process"  # development: a local process (the demo, on kwok's nodes)
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    livekit_url: str = ""
-    livekit_secret_name: str = "livekit-credentials"
-    # Operator-wide LiveKit credentials (mounted from a Secret by the chart);
-    # used when neither the session nor its namespace names a Secret.
-    livekit_api_key: str = dataclasses.field(default="", repr=False)
-    livekit_api_secret: str = dataclasses.field(default="", repr=False)
-    bithuman_secret_name: str = "bithuman-credentials"
-    bithuman_api_url: str = DEFAULT_BITHUMAN_API_URL
-    bithuman_mint_url: str = DEFAULT_BITHUMAN_MINT_URL
-    runner_image: str = "ghcr.io/avatar-operator/runner:0.1.0"
-    runner_renderer: str = "bithuman"
-    runner_cpu: str = "2"
-    runner_memory: str = "4Gi"
-    launcher: Launcher = Launcher.POD
-    namespaces: tuple[str, ...] = ()
+class SettingsError(ValueError):
+    """A variable holds a value the operator can't use; the message names it."""
+
+
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True, env_ignore_empty=True)
+
+
+class LiveKitSettings(_Group):
+    url: str = Field("", validation_alias=AliasChoices("AVATAR_LIVEKIT_URL", "LIVEKIT_URL"))
+    secret_name: str = Field("livekit-credentials", validation_alias="AVATAR_LIVEKIT_SECRET_NAME")
+    # Operator-wide credentials (mounted from a Secret by the chart), used
+    # when neither the session nor its namespace names a Secret.
+    api_key: str = Field("", repr=False, validation_alias="LIVEKIT_API_KEY")
+    api_secret: str = Field("", repr=False, validation_alias="LIVEKIT_API_SECRET")
+
+
+class BithumanSettings(_Group):
+    secret_name: str = Field("bithuman-credentials", validation_alias="AVATAR_BITHUMAN_SECRET_NAME")
+    api_url: str = Field(spec_mod.DEFAULT_API_URL, validation_alias="AVATAR_BITHUMAN_API_URL")
+    mint_url: str = Field(DEFAULT_BITHUMAN_MINT_URL, validation_alias="AVATAR_BITHUMAN_MINT_URL")
+
+
+class RunnerSettings(_Group):
+    image: str = Field("ghcr.io/avatar-operator/runner:0.1.0", validation_alias="AVATAR_RUNNER_IMAGE")
+    renderer: str = Field("bithuman", validation_alias="AVATAR_RUNNER_RENDERER")
+    cpu: str = Field("2", validation_alias="AVATAR_RUNNER_CPU")
+    memory: str = Field("4Gi", validation_alias="AVATAR_RUNNER_MEMORY")
+    launcher: Launcher = Field(Launcher.POD, validation_alias="AVATAR_RUNNER_LAUNCHER")
+
+
+class TimingSettings(_Group):
     # A token is minted for maxDuration plus this margin (time to pull the
     # image and join); without maxDuration, for token_ttl_default_s.
-    token_ttl_margin_s: float = 300.0
-    token_ttl_default_s: float = 3600.0
+    token_ttl_margin_s: NonNegativeSeconds = Field(300.0, validation_alias="AVATAR_TOKEN_TTL_MARGIN")
+    token_ttl_default_s: Seconds = Field(3600.0, validation_alias="AVATAR_TOKEN_TTL_DEFAULT")
     # How long deletion waits for LiveKit before letting go with a Warning.
-    cleanup_timeout_s: float = 10.0
-    # How often a session not yet Ready asks LiveKit whether the avatar joined.
-    room_poll_s: float = 1.0
+    cleanup_timeout_s: Seconds = Field(10.0, validation_alias="AVATAR_CLEANUP_TIMEOUT")
     # How long a Ready avatar must be missing from its room before the session
     # ends: LiveKit restarts and client reconnects hide it for seconds.
-    absence_grace_s: float = 20.0
+    absence_grace_s: NonNegativeSeconds = Field(20.0, validation_alias="AVATAR_ABSENCE_GRACE")
+
+
+class NamespaceSettings(_Group):
+    # Space- or comma-separated; empty: every namespace.
+    namespaces: str = Field("", validation_alias="AVATAR_NAMESPACES")
+
+
+_GROUPS: dict[str, type[_Group]] = {
+    "livekit": LiveKitSettings,
+    "bithuman": BithumanSettings,
+    "runner": RunnerSettings,
+    "timing": TimingSettings,
+}
+
+
+class Settings(pydantic.BaseModel):
+    """Every setting, by group. `Settings()` is the defaults."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    livekit: LiveKitSettings = Field(default_factory=lambda: LiveKitSettings.model_validate({}))
+    bithuman: BithumanSettings = Field(default_factory=lambda: BithumanSettings.model_validate({}))
+    runner: RunnerSettings = Field(default_factory=lambda: RunnerSettings.model_validate({}))
+    timing: TimingSettings = Field(default_factory=lambda: TimingSettings.model_validate({}))
+    namespaces: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        e = os.environ if env is None else env
-        d = cls()
+        """The settings from `env` (default: the process environment); SettingsError names each bad variable."""
+        values = {k: v for k, v in (os.environ if env is None else env).items() if v != ""}
+        groups: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, group in _GROUPS.items():
+            try:
+                groups[name] = group.model_validate(values)
+            except pydantic.ValidationError as e:
+                problems += [_describe(err) for err in e.errors()]
+        if problems:
+            raise SettingsError("invalid operator settings: " + "; ".join(problems))
+        ns = NamespaceSettings.model_validate(values).namespaces
+        return cls(**groups, namespaces=tuple(ns.replace(",", " ").split()))
 
-        def get(name: str, default: str) -> str:
-            return e.get(name, "") or default
 
-        return cls(
-            livekit_url=get("AVATAR_LIVEKIT_URL", e.get("LIVEKIT_URL", d.livekit_url)),
-            livekit_secret_name=get("AVATAR_LIVEKIT_SECRET_NAME", d.livekit_secret_name),
-            livekit_api_key=get("LIVEKIT_API_KEY", ""),
-            livekit_api_secret=get("LIVEKIT_API_SECRET", ""),
-            bithuman_secret_name=get("AVATAR_BITHUMAN_SECRET_NAME", d.bithuman_secret_name),
-            bithuman_api_url=get("AVATAR_BITHUMAN_API_URL", d.bithuman_api_url),
-            bithuman_mint_url=get("AVATAR_BITHUMAN_MINT_URL", d.bithuman_mint_url),
-            runner_image=get("AVATAR_RUNNER_IMAGE", d.runner_image),
-            runner_renderer=get("AVATAR_RUNNER_RENDERER", d.runner_renderer),
-            runner_cpu=get("AVATAR_RUNNER_CPU", d.runner_cpu),
-            runner_memory=get("AVATAR_RUNNER_MEMORY", d.runner_memory),
-            launcher=Launcher(get("AVATAR_RUNNER_LAUNCHER", d.launcher.value)),
-            namespaces=tuple(n for n in get("AVATAR_NAMESPACES", "").replace(",", " ").split() if n),
-            token_ttl_margin_s=float(get("AVATAR_TOKEN_TTL_MARGIN", str(d.token_ttl_margin_s))),
-            token_ttl_default_s=float(get("AVATAR_TOKEN_TTL_DEFAULT", str(d.token_ttl_default_s))),
-            cleanup_timeout_s=float(get("AVATAR_CLEANUP_TIMEOUT", str(d.cleanup_timeout_s))),
-            room_poll_s=float(get("AVATAR_ROOM_POLL", str(d.room_poll_s))),
-            absence_grace_s=float(get("AVATAR_ABSENCE_GRACE", str(d.absence_grace_s))),
-        )
+def _describe(err: Any) -> str:
+    variable = ".".join(str(part) for part in err["loc"])
+    return f"{variable}={err.get('input')!r}: {err['msg']}"

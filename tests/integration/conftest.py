@@ -43,7 +43,6 @@ class Operator:
                 "AVATAR_BITHUMAN_API_URL": fake.urls["url"],
                 "AVATAR_BITHUMAN_MINT_URL": fake.urls["mint_url"],
                 "AVATAR_RUNNER_IMAGE": "registry.invalid/avatar-runner:test",
-                "AVATAR_ROOM_POLL": "0.5",
                 "AVATAR_CLEANUP_TIMEOUT": "3",
                 "AVATAR_ABSENCE_GRACE": "3",
             }

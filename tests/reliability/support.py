@@ -339,7 +339,6 @@ class OperatorProc:
                 "AVATAR_RUNNER_IMAGE": "registry.invalid/avatar-runner:test",
                 "AVATAR_RUNNER_CPU": "10m",
                 "AVATAR_RUNNER_MEMORY": "32Mi",
-                "AVATAR_ROOM_POLL": "1",
                 "AVATAR_CLEANUP_TIMEOUT": "3",
                 "PYTHONUNBUFFERED": "1",
             }

@@ -10,7 +10,7 @@ from avatar_operator import settings
 from avatar_operator.api import spec
 from avatar_operator.controller import credentials
 
-SETTINGS = settings.Settings(livekit_url="wss://lk")
+SETTINGS = settings.Settings.from_env({"AVATAR_LIVEKIT_URL": "wss://lk"})
 
 
 def session(**fields: Any) -> spec.AvatarSessionSpec:
@@ -56,7 +56,7 @@ def test_missing_keys_use_the_plugins_wording(s: spec.AvatarSessionSpec, data: d
 
 
 def test_livekit_falls_back_to_operator_credentials_then_says_what_to_create() -> None:
-    with_env = settings.Settings(livekit_url="wss://lk", livekit_api_key="k", livekit_api_secret="s")
+    with_env = settings.Settings.from_env({"AVATAR_LIVEKIT_URL": "wss://lk", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"})
     assert credentials.livekit(CLOUD, with_env, reader({})).api_key == "k"
     with pytest.raises(credentials.MissingCredentials) as e:
         credentials.livekit(CLOUD, SETTINGS, reader({}))

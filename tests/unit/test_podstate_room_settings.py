@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from avatar_operator import settings
+from avatar_operator.api import spec
 from avatar_operator.clients import livekit as room
 from avatar_operator.controller import podstate
 from livekit.protocol import models
@@ -64,10 +67,38 @@ def test_settings_from_env() -> None:
         {"AVATAR_NAMESPACES": "a, b c", "AVATAR_RUNNER_LAUNCHER": "process", "LIVEKIT_API_SECRET": "hidden", "AVATAR_TOKEN_TTL_MARGIN": "60"}
     )
     assert s.namespaces == ("a", "b", "c")
-    assert s.launcher is settings.Launcher.PROCESS
-    assert s.token_ttl_margin_s == 60.0
+    assert s.runner.launcher is settings.Launcher.PROCESS
+    assert s.timing.token_ttl_margin_s == 60.0
     assert "hidden" not in repr(s)  # credentials stay out of logs that print settings
-    assert settings.Settings.from_env({}).bithuman_api_url == settings.DEFAULT_BITHUMAN_API_URL
+    assert settings.Settings.from_env({}).bithuman.api_url == spec.DEFAULT_API_URL
+    assert settings.Settings.from_env({}) == settings.Settings()
+
+
+def test_settings_take_the_legacy_livekit_url_and_blank_means_unset() -> None:
+    assert settings.Settings.from_env({"LIVEKIT_URL": "ws://a"}).livekit.url == "ws://a"
+    assert settings.Settings.from_env({"LIVEKIT_URL": "ws://a", "AVATAR_LIVEKIT_URL": "ws://b"}).livekit.url == "ws://b"
+    assert settings.Settings.from_env({"AVATAR_CLEANUP_TIMEOUT": ""}).timing.cleanup_timeout_s == 10.0
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("AVATAR_CLEANUP_TIMEOUT", "soon"),
+        ("AVATAR_CLEANUP_TIMEOUT", "0"),
+        ("AVATAR_ABSENCE_GRACE", "-1"),
+        ("AVATAR_TOKEN_TTL_DEFAULT", "inf"),
+        ("AVATAR_RUNNER_LAUNCHER", "docker"),
+    ],
+)
+def test_a_bad_setting_names_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(settings.SettingsError, match=variable):
+        settings.Settings.from_env({variable: value})
+
+
+def test_every_bad_setting_is_named_at_once() -> None:
+    with pytest.raises(settings.SettingsError) as e:
+        settings.Settings.from_env({"AVATAR_CLEANUP_TIMEOUT": "x", "AVATAR_RUNNER_LAUNCHER": "y"})
+    assert "AVATAR_CLEANUP_TIMEOUT" in str(e.value) and "AVATAR_RUNNER_LAUNCHER" in str(e.value)
 
 
 async def test_room_client_signs_one_room_admin_token_per_room_and_reuses_it() -> None:

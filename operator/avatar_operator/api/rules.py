@@ -25,6 +25,7 @@ from typing import Any
 
 import pydantic
 
+from avatar_operator.api import spec as spec_mod
 from avatar_operator.api.spec import AvatarSessionSpec, Mode, parse_spec
 
 
@@ -318,22 +319,18 @@ RULES: tuple[Rule, ...] = (
     ),
 )
 
-# What a running session is made of. Only spec.connection and spec.maxDuration
-# may change: the first until the cloud request is accepted, the second to
-# lengthen or shorten a session.
-IMMUTABLE: tuple[tuple[str, str], ...] = (
-    ("room", "room"),
-    ("agentIdentity", "agent_identity"),
-    ("model", "model"),
-    ("modelPath", "model_path"),
-    ("modelVolume", "model_volume"),
-    ("avatarId", "avatar_id"),
-    ("avatarImage", "avatar_image"),
-    ("avatarImageFrom", "avatar_image_from"),
-    ("bithuman", "bithuman"),
-    ("livekit", "livekit"),
-    ("avatarParticipant", "avatar_participant"),
-    ("runner", "runner"),
+# What a running session is made of: every field marked IMMUTABLE in the
+# spec's model (spec.Mutability). Only the MUTABLE ones may change (today
+# spec.connection, counted from the next attempt, and spec.maxDuration).
+IMMUTABLE: tuple[tuple[str, str], ...] = tuple(
+    (field.alias or name, name)
+    for name, field in AvatarSessionSpec.model_fields.items()
+    if spec_mod.mutability(field) is spec_mod.Mutability.IMMUTABLE
+)
+MUTABLE_FIELDS: tuple[str, ...] = tuple(
+    f"spec.{field.alias or name}"
+    for name, field in AvatarSessionSpec.model_fields.items()
+    if spec_mod.mutability(field) is spec_mod.Mutability.MUTABLE
 )
 
 
@@ -346,7 +343,7 @@ TRANSITION_RULES: tuple[TransitionRule, ...] = tuple(
         id=f"immutable-{wire}",
         field=f"spec.{wire}",
         message="cannot change once the session exists: delete the AvatarSession and create it again "
-        "(only spec.connection and spec.maxDuration may change)",
+        f"(only {' and '.join(MUTABLE_FIELDS)} may change)",
         check=_unchanged(attr),
         # An optional field may also not appear or disappear.
         cel=f"has(self.{wire}) == has(oldSelf.{wire}) && (!has(self.{wire}) || self.{wire} == oldSelf.{wire})",

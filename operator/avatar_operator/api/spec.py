@@ -14,6 +14,7 @@ construct models with either.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from enum import StrEnum
@@ -31,6 +32,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
 
 # The plugin's defaults (livekit.plugins.bithuman.avatar).
 DEFAULT_API_URL = "https://auth.api.bithuman.ai/v1/runtime-tokens/request"
@@ -126,6 +128,24 @@ class Model(StrEnum):
     ESSENCE = "essence"
     EXPRESSION_2 = "expression-2"
     ESSENCE_2 = "essence-2"
+
+
+class Mutability(enum.Enum):
+    """Whether a spec field may change under a running session. Every top-level
+    field carries one (a unit test fails when one doesn't); the CEL transition
+    rules in the CRD are generated from them (`rules.TRANSITION_RULES`)."""
+
+    IMMUTABLE = "immutable"  # fixed once the session exists: delete and create again
+    MUTABLE = "mutable"  # may change; the worker reads the live spec
+
+
+IMMUTABLE = Mutability.IMMUTABLE
+MUTABLE = Mutability.MUTABLE
+
+
+def mutability(field: FieldInfo) -> Mutability | None:
+    """The marker in a field's Annotated metadata."""
+    return next((m for m in field.metadata if isinstance(m, Mutability)), None)
 
 
 class KubeModel(BaseModel):
@@ -363,57 +383,57 @@ class AvatarSessionSpec(KubeModel):
     avatar) when avatarId, avatarImage or avatarImageFrom is set, else local mode
     (a runner pod renders the model at modelPath)."""
 
-    room: Annotated[str, Strict(), StringConstraints(max_length=IDENTITY_MAX)] = Field(
+    room: Annotated[str, Strict(), StringConstraints(max_length=IDENTITY_MAX), IMMUTABLE] = Field(
         description="The LiveKit room the avatar joins. Immutable."
     )
-    agent_identity: Annotated[str, Strict(), StringConstraints(max_length=IDENTITY_MAX)] = Field(
+    agent_identity: Annotated[str, Strict(), StringConstraints(max_length=IDENTITY_MAX), IMMUTABLE] = Field(
         description="Identity of the agent participant the avatar speaks for: it receives the agent's audio "
         "and publishes on its behalf (lk.publish_on_behalf). Immutable."
     )
-    model: Model | None = Field(
+    model: Annotated[Model | None, IMMUTABLE] = Field(
         default=None,
         description="The plugin's model: expression, essence, expression-2 or essence-2. Pins a cloud session to "
         "that model; unset sends nothing and bitHuman picks the model the avatar is prepared for. In local "
         "mode the .imx file determines the model. Immutable.",
     )
-    model_path: Annotated[str, Strict(), StringConstraints(max_length=PATH_MAX)] | None = Field(
+    model_path: Annotated[Annotated[str, Strict(), StringConstraints(max_length=PATH_MAX)] | None, IMMUTABLE] = Field(
         default=None,
         description="The plugin's model_path: the .imx model file as the runner sees it. Required in local "
         "mode. With modelVolume, an absolute path whose directory is where the volume is mounted, e.g. "
         "/models/avatar.imx. Immutable.",
     )
-    model_volume: ModelVolume | None = Field(
+    model_volume: Annotated[ModelVolume | None, IMMUTABLE] = Field(
         default=None,
         description="The volume holding the model file (local mode), mounted read-only at the directory of "
         "modelPath. Unset: the file is in the runner image. Immutable.",
     )
-    avatar_id: Annotated[str, Strict(), StringConstraints(max_length=IDENTITY_MAX)] | None = Field(
+    avatar_id: Annotated[Annotated[str, Strict(), StringConstraints(max_length=IDENTITY_MAX)] | None, IMMUTABLE] = Field(
         default=None, description="The plugin's avatar_id: the code of a bitHuman agent to render (cloud mode). Immutable."
     )
-    avatar_image: Annotated[str, Strict(), StringConstraints(max_length=AVATAR_IMAGE_MAX)] | None = Field(
+    avatar_image: Annotated[Annotated[str, Strict(), StringConstraints(max_length=AVATAR_IMAGE_MAX)] | None, IMMUTABLE] = Field(
         default=None,
         description="The plugin's avatar_image as a string (cloud mode): an http:// or https:// URL, or base64 "
         f"image data (at most {AVATAR_IMAGE_MAX} characters). For a file, use avatarImageFrom. Immutable.",
     )
-    avatar_image_from: ImageSource | None = Field(
+    avatar_image_from: Annotated[ImageSource | None, IMMUTABLE] = Field(
         default=None,
         description="An image stored in a ConfigMap or Secret (cloud mode): the Kubernetes form of the plugin's "
         "file path or PIL image. At most one of avatarImage and avatarImageFrom. Immutable.",
     )
-    bithuman: BithumanSpec | None = Field(default=None, description="The bitHuman API and credentials. Immutable.")
-    livekit: LiveKitSpec | None = Field(default=None, description="The LiveKit server and credentials. Immutable.")
-    avatar_participant: AvatarParticipantSpec = Field(
+    bithuman: Annotated[BithumanSpec | None, IMMUTABLE] = Field(default=None, description="The bitHuman API and credentials. Immutable.")
+    livekit: Annotated[LiveKitSpec | None, IMMUTABLE] = Field(default=None, description="The LiveKit server and credentials. Immutable.")
+    avatar_participant: Annotated[AvatarParticipantSpec, IMMUTABLE] = Field(
         default_factory=lambda: AvatarParticipantSpec(),
         description="The avatar's identity and name in the room. Immutable.",
         json_schema_extra={"default": {}},  # so the apiserver fills in the nested defaults
     )
-    connection: ConnectionSpec = Field(
+    connection: Annotated[ConnectionSpec, MUTABLE] = Field(
         default_factory=lambda: ConnectionSpec(),
         description="Retries of the cloud session request (the plugin's conn_options). May change.",
         json_schema_extra={"default": {}},
     )
-    runner: RunnerSpec | None = Field(default=None, description="The runner pod (local mode). Immutable.")
-    max_duration: Number | None = Field(
+    runner: Annotated[RunnerSpec | None, IMMUTABLE] = Field(default=None, description="The runner pod (local mode). Immutable.")
+    max_duration: Annotated[Number | None, MUTABLE] = Field(
         default=None, description="Seconds after which the session ends and the avatar leaves (more than 0). May change."
     )
 

@@ -1,18 +1,19 @@
-"""The AvatarSession status: its model (the CRD's status schema) and condition helpers.
+"""The AvatarSession status: the CRD's status schema and the value the worker builds.
 
 Conditions use the Kubernetes shape (metav1.Condition), so `kubectl wait
 --for=condition=Ready` and every tool that reads conditions understand them.
-`set_condition` is pure: the operator builds the new list and patches it.
+The worker keeps an `AvatarSessionStatus` and replaces it (the models are
+frozen); `api.conditions` sets a condition on it, purely.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, WithJsonSchema
 
 from avatar_operator.api.spec import Int, KubeModel, Mode, Text
 
@@ -22,7 +23,6 @@ CONDITION_TYPE_MAX = 316
 REASON_MAX = 1024
 MESSAGE_MAX = 32768
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # RFC 3339 in UTC, to the second, like metav1.Time
 
 
 class Phase(StrEnum):
@@ -74,24 +74,26 @@ class Reason(StrEnum):
     RETRIES_EXHAUSTED = "RetriesExhausted"
     LIVEKIT_UNREACHABLE = "LiveKitUnreachable"
     WAITING_FOR_AVATAR = "WaitingForAvatar"
-    AVATAR_JOINED = "AvatarJoined"
     AVATAR_PUBLISHING = "AvatarPublishing"
     AVATAR_LEFT = "AvatarLeft"
-    AGENT_LEFT = "AgentLeft"
-    ROOM_CLOSED = "RoomClosed"
     MAX_DURATION_REACHED = "MaxDurationReached"
+
+
+# The schema's view of a type and a reason is metav1.Condition's (any
+# well-formed string), so the CRD doesn't change with the enums; the operator
+# itself only writes the enums' values.
+TypeString = WithJsonSchema({"type": "string", "minLength": 1, "maxLength": CONDITION_TYPE_MAX})
+ReasonString = WithJsonSchema({"type": "string", "minLength": 1, "maxLength": REASON_MAX, "pattern": REASON_PATTERN})
 
 
 class Condition(KubeModel):
     """One aspect of the session's state (the Kubernetes condition shape)."""
 
-    type: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=CONDITION_TYPE_MAX)] = Field(
+    type: Annotated[ConditionType, TypeString] = Field(
         description="The aspect: Accepted, CredentialsReady, RunnerScheduled, CloudRequestAccepted or Ready."
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
-    reason: Annotated[
-        str, StringConstraints(strict=True, min_length=1, max_length=REASON_MAX, pattern=REASON_PATTERN)
-    ] = Field(description="Why, in one CamelCase word.")
+    reason: Annotated[Reason, ReasonString] = Field(description="Why, in one CamelCase word.")
     message: Annotated[str, StringConstraints(strict=True, max_length=MESSAGE_MAX)] = Field(
         description="Why, for a human."
     )
@@ -117,7 +119,7 @@ class AvatarSessionStatus(KubeModel):
 
     phase: Phase | None = Field(default=None, description="Pending, Starting, Running, Succeeded or Failed.")
     mode: Mode | None = Field(default=None, description="local (a runner pod renders the avatar) or cloud (bitHuman sends it).")
-    conditions: Annotated[list[Condition], Field(max_length=16)] | None = Field(
+    conditions: Annotated[tuple[Condition, ...], Field(max_length=16)] | None = Field(
         default=None,
         description="Accepted, CredentialsReady, RunnerScheduled (local), CloudRequestAccepted (cloud) and Ready "
         "(the avatar is in the room publishing video).",
@@ -137,51 +139,16 @@ class AvatarSessionStatus(KubeModel):
     cloud_request: CloudRequest | None = Field(default=None, description="The cloud session request (cloud mode).")
 
 
-def now() -> datetime.datetime:
-    """The clock status times are read from."""
-    return datetime.datetime.now(datetime.timezone.utc)
+def to_wire(status: AvatarSessionStatus) -> dict[str, Any]:
+    """The status as the API server stores it (camelCase, RFC 3339 times, no nulls)."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def timestamp(now: datetime.datetime) -> str:
-    """`now` as Kubernetes writes times: RFC 3339, UTC, whole seconds."""
-    return now.astimezone(datetime.timezone.utc).strftime(TIME_FORMAT)
+def from_wire(raw: Mapping[str, Any] | None) -> AvatarSessionStatus:
+    """The stored status; raises pydantic.ValidationError for one this operator did not write."""
+    return AvatarSessionStatus.model_validate(dict(raw or {}))
 
 
-def set_condition(
-    conditions: Sequence[Mapping[str, Any]],
-    type: ConditionType,
-    status: ConditionStatus | bool,
-    reason: Reason,
-    message: str,
-    generation: int | None,
-    now: datetime.datetime,
-) -> list[dict[str, Any]]:
-    """`conditions` with the condition of `type` set, as apimachinery's
-    meta.SetStatusCondition does: lastTransitionTime moves only when the
-    status changes. The input is not modified."""
-    if isinstance(status, bool):
-        status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
-    new: dict[str, Any] = {
-        "type": type.value,
-        "status": status.value,
-        "reason": reason.value,
-        # A message past the schema's bound would make the whole status patch fail.
-        "message": message[:MESSAGE_MAX],
-        "lastTransitionTime": timestamp(now),
-    }
-    if generation is not None:
-        new["observedGeneration"] = generation
-    result: list[dict[str, Any]] = []
-    found = False
-    for old in conditions:
-        if old.get("type") != type.value:
-            result.append(dict(old))
-            continue
-        found = True
-        if old.get("status") == new["status"] and old.get("lastTransitionTime"):
-            new["lastTransitionTime"] = old["lastTransitionTime"]
-        result.append(new)
-    if not found:
-        result.append(new)
-    return result
-
+def whole_seconds(t: datetime.datetime) -> datetime.datetime:
+    """`t` in UTC to the second, as metav1.Time stores it."""
+    return t.astimezone(datetime.timezone.utc).replace(microsecond=0)

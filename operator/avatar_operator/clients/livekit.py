@@ -1,4 +1,4 @@
-"""What the LiveKit server says about a session's room: media-plane readiness.
+"""What the LiveKit server says about a session's room (media-plane readiness), and removing the avatar.
 
 `Ready` means the avatar is in the room publishing video, so the operator asks
 LiveKit (RoomService) rather than trusting a pod's phase.
@@ -100,3 +100,20 @@ class Client:
                 return False
             raise
         return True
+
+
+class Rooms:
+    """One Client per LiveKit server and key, shared by every session that uses them (held in kopf's memo)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        self._clients: dict[tuple[str, str, str], Client] = {}
+
+    def get(self, url: str, api_key: str, api_secret: str) -> Client:
+        key = (url, api_key, api_secret)
+        client = self._clients.get(key)
+        if client is None:
+            if len(self._clients) > 256:  # rotated keys: drop the old clients, not the sessions
+                self._clients.clear()
+            client = self._clients[key] = Client(url, api_key, api_secret, self._session)
+        return client

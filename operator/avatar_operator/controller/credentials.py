@@ -13,6 +13,9 @@ from collections.abc import Callable, Mapping
 from avatar_operator import settings as settings_mod
 from avatar_operator.api import rules
 from avatar_operator.api import spec as spec_mod
+from avatar_operator.api import status as status_mod
+
+Reason = status_mod.Reason
 
 # name -> the Secret's decoded data, or None when there is no such Secret.
 SecretReader = Callable[[str], Mapping[str, str] | None]
@@ -24,9 +27,9 @@ BITHUMAN_TOKEN = "BITHUMAN_API_TOKEN"
 
 
 class MissingCredentials(Exception):
-    """A credential the session needs is not there (yet). `reason` is a status Reason."""
+    """A credential the session needs is not there (yet)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: status_mod.Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -56,7 +59,7 @@ def _named(explicit: str | None, default: str, read: SecretReader, field: str) -
         data = read(explicit)
         if data is None:
             raise MissingCredentials(
-                "SecretNotFound",
+                Reason.SECRET_NOT_FOUND,
                 f"Secret {explicit!r} named by {field} was not found in the session's namespace; create it",
             )
         return explicit, data
@@ -67,24 +70,24 @@ def _named(explicit: str | None, default: str, read: SecretReader, field: str) -
 def livekit(
     spec: spec_mod.AvatarSessionSpec, settings: settings_mod.Settings, read: SecretReader
 ) -> LiveKitCredentials:
-    url = (spec.livekit.url if spec.livekit and spec.livekit.url else None) or settings.livekit_url
+    url = (spec.livekit.url if spec.livekit and spec.livekit.url else None) or settings.livekit.url
     if not url:
-        raise MissingCredentials("LiveKitNotConfigured", "spec.livekit.url is not set and the operator has no default LiveKit URL")
+        raise MissingCredentials(Reason.LIVEKIT_NOT_CONFIGURED, "spec.livekit.url is not set and the operator has no default LiveKit URL")
     ref = spec.livekit.secret_ref.name if spec.livekit and spec.livekit.secret_ref else None
-    found = _named(ref, settings.livekit_secret_name, read, "spec.livekit.secretRef.name")
+    found = _named(ref, settings.livekit.secret_name, read, "spec.livekit.secretRef.name")
     if found is not None:
         name, data = found
         missing = [k for k in (LIVEKIT_KEY, LIVEKIT_SECRET) if not data.get(k)]
         if missing:
             raise MissingCredentials(
-                "SecretKeyMissing", f"Secret {name!r} lacks {' and '.join(missing)}; add the key(s) to it"
+                Reason.SECRET_KEY_MISSING, f"Secret {name!r} lacks {' and '.join(missing)}; add the key(s) to it"
             )
         return LiveKitCredentials(url=url, api_key=data[LIVEKIT_KEY], api_secret=data[LIVEKIT_SECRET])
-    if settings.livekit_api_key and settings.livekit_api_secret:
-        return LiveKitCredentials(url=url, api_key=settings.livekit_api_key, api_secret=settings.livekit_api_secret)
+    if settings.livekit.api_key and settings.livekit.api_secret:
+        return LiveKitCredentials(url=url, api_key=settings.livekit.api_key, api_secret=settings.livekit.api_secret)
     raise MissingCredentials(
-        "SecretNotFound",
-        f"livekit_api_key and livekit_api_secret must be set: create Secret {settings.livekit_secret_name!r} "
+        Reason.SECRET_NOT_FOUND,
+        f"livekit_api_key and livekit_api_secret must be set: create Secret {settings.livekit.secret_name!r} "
         f"with {LIVEKIT_KEY} and {LIVEKIT_SECRET}, or set spec.livekit.secretRef.name",
     )
 
@@ -92,14 +95,14 @@ def livekit(
 def bithuman(
     spec: spec_mod.AvatarSessionSpec, settings: settings_mod.Settings, read: SecretReader
 ) -> BithumanCredentials:
-    api_url = (spec.bithuman.api_url if spec.bithuman and spec.bithuman.api_url else None) or settings.bithuman_api_url
+    api_url = (spec.bithuman.api_url if spec.bithuman and spec.bithuman.api_url else None) or settings.bithuman.api_url
     ref = spec.bithuman.secret_ref.name if spec.bithuman and spec.bithuman.secret_ref else None
-    found = _named(ref, settings.bithuman_secret_name, read, "spec.bithuman.secretRef.name")
+    found = _named(ref, settings.bithuman.secret_name, read, "spec.bithuman.secretRef.name")
     name, data = found if found is not None else (None, {})
     secret = data.get(BITHUMAN_SECRET) or None
     token = data.get(BITHUMAN_TOKEN) or None
     problem = rules.credential_problem(spec.mode, has_secret=secret is not None, has_token=token is not None)
     if problem:
-        where = f"Secret {name!r} has neither key" if name else f"create Secret {settings.bithuman_secret_name!r} or set spec.bithuman.secretRef.name"
-        raise MissingCredentials("SecretKeyMissing" if name else "SecretNotFound", f"{problem} ({where})")
+        where = f"Secret {name!r} has neither key" if name else f"create Secret {settings.bithuman.secret_name!r} or set spec.bithuman.secretRef.name"
+        raise MissingCredentials(Reason.SECRET_KEY_MISSING if name else Reason.SECRET_NOT_FOUND, f"{problem} ({where})")
     return BithumanCredentials(api_url=api_url, secret_name=name, api_secret=secret, api_token=token)

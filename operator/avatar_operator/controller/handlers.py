@@ -1,4 +1,4 @@
-"""kopf registrations. Each handler hands off to `session`; none holds logic of its own."""
+"""kopf registrations. Each handler hands off to the controller; none holds logic of its own."""
 
 from __future__ import annotations
 
@@ -8,18 +8,15 @@ from typing import Any
 import aiohttp
 import kopf
 
-from avatar_operator import metrics
+from avatar_operator import launchers, metrics
 from avatar_operator import settings as settings_mod
 from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
-from avatar_operator.clients import kube
-from avatar_operator.clients import livekit as room
-from avatar_operator.controller import credentials, storage, teardown
-from avatar_operator.controller import mailbox as signals
-from avatar_operator.controller import worker as session
+from avatar_operator.clients import kube as kube_mod
+from avatar_operator.clients import livekit
+from avatar_operator.controller import context, credentials, mailbox, ports, storage, teardown, worker
 
-RESOURCE = (names.GROUP, names.VERSION, "avatarsessions")
-FINALIZER = f"{names.GROUP}/cleanup"
+RESOURCE = (names.GROUP, names.VERSION, names.PLURAL)
 
 
 @kopf.on.startup()
@@ -28,24 +25,35 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # what the resource's schema says. No last-handled spec is kept (see storage).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
     settings.persistence.diffbase_storage = storage.NoDiffBaseStorage()
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = names.FINALIZER
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     # A burst of sessions: many objects at once, each one cheap.
     settings.batching.worker_limit = 1000
-    memo.http = aiohttp.ClientSession()
+    memo.clients = make_clients(memo.settings)
+
+
+def make_clients(settings: settings_mod.Settings) -> ports.Clients:
+    """The operator's clients, once: one HTTP pool, one API-server pool, one launcher."""
+    http = aiohttp.ClientSession()
+    kube = kube_mod.Kube.from_kubeconfig()
+    boxes = mailbox.Mailboxes()
+    return ports.Clients(
+        kube=kube,
+        http=http,
+        rooms=livekit.Rooms(http),
+        launcher=launchers.make(settings.runner.launcher, kube, boxes.post_pod),
+        mailboxes=boxes,
+    )
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
-    if memo.settings.launcher == settings_mod.Launcher.PROCESS:
-        from avatar_operator.launchers import process as process_launcher  # dev only: needs the runner package
-
-        # Local runner processes live no longer than the operator that started them.
-        process_launcher.stop_all()
-    await memo.http.close()
-    await kube.close()
+    clients: ports.Clients = memo.clients
+    await clients.launcher.close()
+    await clients.http.close()
+    await clients.kube.close()
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=10.0, backoff=5.0)
@@ -53,51 +61,59 @@ async def run_session(
     body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:
     """The session's worker: from applied to ended. Restarted for each session when the operator starts."""
-    worker = session.Worker(body=body, settings=memo.settings, http=memo.http, logger=logger, stopped=stopped)
-    with metrics.track(worker):
-        await worker.run()
+    ctx = context.SessionContext(body=body, settings=memo.settings, clients=memo.clients, logger=logger, stopped=stopped)
+    with metrics.track(ctx):
+        await worker.run(ctx)
 
 
-@kopf.on.event("", "v1", "pods", labels={names.MANAGED_BY_LABEL: "avatar-operator", names.SESSION_LABEL: kopf.PRESENT})
-def runner_pod_event(event: kopf.RawEvent, **_: Any) -> None:
+@kopf.on.event("", "v1", "pods", labels={names.MANAGED_BY_LABEL: names.MANAGER, names.SESSION_LABEL: kopf.PRESENT})
+def runner_pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Hands the runner pod's newest state to its session's worker."""
     pod: dict[str, Any] = dict(event["object"])
+    boxes: mailbox.Mailboxes = memo.clients.mailboxes
     for owner in pod.get("metadata", {}).get("ownerReferences") or []:
         if owner.get("kind") == names.KIND:
-            signals.post_pod(owner["uid"], None if event["type"] == "DELETED" else pod)
+            boxes.post_pod(owner["uid"], None if event["type"] == "DELETED" else pod)
 
 
 @kopf.on.delete(*RESOURCE)
 async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Stops the runner or removes the cloud avatar, deletes what the session owns, then lets go.
 
-    LiveKit being unreachable delays deletion by at most cleanup_timeout_s,
+    LiveKit being unreachable delays deletion by at most the cleanup timeout,
     then a Warning event says what was left behind."""
     settings: settings_mod.Settings = memo.settings
+    clients: ports.Clients = memo.clients
     meta = body.metadata
     ref = names.SessionRef(name=str(meta.name), namespace=str(meta.namespace), uid=str(meta.uid))
     try:
         spec = spec_mod.parse_spec(body)
     except Exception:  # noqa: BLE001 - an invalid session never started anything but owned objects
-        await kube.delete("Pod", ref.namespace, names.child_name(ref.name, "runner"))
-        await kube.delete("Secret", ref.namespace, names.child_name(ref.name, "token"))
+        await teardown.stop_runner(clients, ref)
         return
-    identity = str((body.get("status") or {}).get("avatarIdentity") or spec_mod.DEFAULT_AVATAR_IDENTITY)
+    identity = str((body.get("status") or {}).get("avatarIdentity") or context.identity(spec)[0])
+    room = await _room_for_cleanup(clients, settings, spec, ref, logger)
+    warning = await teardown.stop_session(clients, ref, spec, room, identity, settings.timing.cleanup_timeout_s)
+    if warning and (spec.mode == spec_mod.Mode.CLOUD or settings.runner.launcher == settings_mod.Launcher.PROCESS):
+        kopf.warn(body, reason="CleanupIncomplete", message=warning)
+    clients.mailboxes.forget(ref.uid)
 
-    async def read(name: str) -> dict[str, str] | None:
-        return await kube.read_secret(ref.namespace, name)
 
-    client = None
+async def _room_for_cleanup(
+    clients: ports.Clients,
+    settings: settings_mod.Settings,
+    spec: spec_mod.AvatarSessionSpec,
+    ref: names.SessionRef,
+    logger: kopf.Logger,
+) -> ports.RoomApi | None:
+    """The LiveKit client to remove the avatar with; None (logged) without credentials."""
+    secret_names = [settings.livekit.secret_name]
+    if spec.livekit and spec.livekit.secret_ref:
+        secret_names.append(spec.livekit.secret_ref.name)
+    found = {n: await clients.kube.read_secret(ref.namespace, n) for n in secret_names}
     try:
-        secret_names = [settings.livekit_secret_name]
-        if spec.livekit and spec.livekit.secret_ref:
-            secret_names.append(spec.livekit.secret_ref.name)
-        found = {n: await read(n) for n in secret_names}
         lk = credentials.livekit(spec, settings, found.get)
-        client = room.Client(lk.url, lk.api_key, lk.api_secret, memo.http)
     except credentials.MissingCredentials as e:
         logger.info("no LiveKit credentials for cleanup: %s", e.reason)
-    warning = await teardown.stop_session(ref, spec, client, identity, settings, logger)
-    if warning and (spec.mode == spec_mod.Mode.CLOUD or settings.launcher == settings_mod.Launcher.PROCESS):
-        kopf.warn(body, reason="CleanupIncomplete", message=warning)
-    signals.forget(ref.uid)
+        return None
+    return clients.rooms.get(lk.url, lk.api_key, lk.api_secret)

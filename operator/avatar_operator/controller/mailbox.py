@@ -1,8 +1,9 @@
-"""Hands a runner pod's latest state from the pod watch to its session's worker.
+"""Hands what a session's worker waits on (its runner's newest state) to that worker.
 
 One writer of a session's status (its worker) keeps the conditions
-consistent; the pod event handler only leaves the newest pod here and wakes
-the worker, instead of each session polling its pod.
+consistent; the pod event handler and the process launcher only leave the
+newest pod snapshot here and wake the worker, instead of each session
+polling its pod.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from typing import Any
 
 
 class Mailbox:
-    """The newest pod snapshot for one session, and a wake-up flag."""
+    """The newest runner snapshot for one session, and a wake-up flag."""
 
     def __init__(self) -> None:
         self.pod: Mapping[str, Any] | None = None
         self.pod_deleted = False
         self.changed = asyncio.Event()
+
+    def is_set(self) -> bool:
+        return self.changed.is_set()
 
     async def wait(self, timeout: float) -> bool:
         """True when something changed within timeout; clears the flag."""
@@ -29,23 +33,29 @@ class Mailbox:
         self.changed.clear()
         return True
 
-
-_boxes: dict[str, Mailbox] = {}
-
-
-def mailbox(session_uid: str) -> Mailbox:
-    box = _boxes.get(session_uid)
-    if box is None:
-        box = _boxes[session_uid] = Mailbox()
-    return box
+    def post_pod(self, pod: Mapping[str, Any] | None) -> None:
+        self.pod = pod
+        self.pod_deleted = pod is None
+        self.changed.set()
 
 
-def post_pod(session_uid: str, pod: Mapping[str, Any] | None) -> None:
-    box = mailbox(session_uid)
-    box.pod = pod
-    box.pod_deleted = pod is None
-    box.changed.set()
+class Mailboxes:
+    """One mailbox per session uid (held in kopf's memo)."""
 
+    def __init__(self) -> None:
+        self._boxes: dict[str, Mailbox] = {}
 
-def forget(session_uid: str) -> None:
-    _boxes.pop(session_uid, None)
+    def __len__(self) -> int:
+        return len(self._boxes)
+
+    def get(self, session_uid: str) -> Mailbox:
+        box = self._boxes.get(session_uid)
+        if box is None:
+            box = self._boxes[session_uid] = Mailbox()
+        return box
+
+    def post_pod(self, session_uid: str, pod: Mapping[str, Any] | None) -> None:
+        self.get(session_uid).post_pod(pod)
+
+    def forget(self, session_uid: str) -> None:
+        self._boxes.pop(session_uid, None)

@@ -1,100 +1,81 @@
 """Both modes, from the start to the end: the avatar in the room, and maxDuration.
 
-`Ready` comes from what LiveKit lists, not from a pod's phase. Functions of a
-session's worker (`session.Worker`), which stays the one writer of status.
+`Ready` comes from what LiveKit lists, not from a pod's phase. The deadline
+is read from the live spec on every turn, so an edit of maxDuration counts
+within a poll interval, and the operator (not the runner) enforces it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import datetime
-from typing import TYPE_CHECKING
-
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
-from avatar_operator.clients import livekit as room
-from avatar_operator.controller import credentials, local_mode, teardown
-
-if TYPE_CHECKING:
-    from avatar_operator.controller import worker as session
+from avatar_operator.controller import context, credentials, decisions, local_mode, ports, teardown
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
 Reason = status_mod.Reason
+Change = context.Change
+Verdict = decisions.Verdict
 
 
-@dataclasses.dataclass
-class Presence:
-    """What the worker knows of the avatar in the room between two polls."""
-
-    was_present: bool = False
-    absent_since: float | None = None  # loop time the avatar was first missed
-    interval: float = 0.5  # seconds to the next poll
-
-
-async def watch(w: session.Worker, spec: spec_mod.AvatarSessionSpec, lk: credentials.LiveKitCredentials) -> None:
-    """Follows the room (and the runner pod) until the session ends: Ready, left, maxDuration."""
-    identity, _ = w.identity(spec)
-    client = room.Client(lk.url, lk.api_key, lk.api_secret, w.http)
-    presence = Presence(was_present=w.is_true(Cond.READY))
-    loop = asyncio.get_running_loop()
-    next_poll = loop.time()
+async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, lk: credentials.LiveKitCredentials) -> None:
+    """Follows the room (and the runner) until the session ends: Ready, left, maxDuration."""
+    identity, _ = context.identity(spec)
+    room = ctx.clients.rooms.get(lk.url, lk.api_key, lk.api_secret)
+    clock = ctx.clients.clock
+    presence = decisions.Presence(was_present=ctx.is_true(Cond.READY))
+    next_poll = clock.monotonic()
     while True:
         if spec.mode == spec_mod.Mode.LOCAL:
-            await local_mode.follow_pod(w, identity)
-        await check_deadline(w, spec, client, identity)
-        # A pod event wakes the worker early; LiveKit is asked on its own schedule.
-        if loop.time() >= next_poll:
-            await poll_room(w, spec, client, identity, presence)
-            next_poll = loop.time() + presence.interval
-            if not presence.was_present:
-                presence.interval = min(presence.interval * 1.5, 5.0)
-        w.end_if_stopped()
-        await w.flush()
-        await w.mailbox.wait(max(0.0, next_poll - loop.time()))
-        w.end_if_stopped()
+            await local_mode.follow_pod(ctx, identity)
+        left = await check_deadline(ctx, spec, room, identity)
+        # A runner event wakes the worker early; LiveKit is asked on its own schedule.
+        if clock.monotonic() >= next_poll:
+            presence = await poll_room(ctx, spec, room, identity, presence)
+            next_poll = clock.monotonic() + presence.interval
+        ctx.end_if_stopped()
+        await ctx.flush()
+        timeout = next_poll - clock.monotonic()
+        await clock.wait(ctx.mailbox, timeout if left is None else min(timeout, left))
+        ctx.end_if_stopped()
 
 
-async def poll_room(w: session.Worker, spec: spec_mod.AvatarSessionSpec, client: room.Client, identity: str, presence: Presence) -> None:
+async def poll_room(
+    ctx: context.SessionContext,
+    spec: spec_mod.AvatarSessionSpec,
+    room: ports.RoomApi,
+    identity: str,
+    presence: decisions.Presence,
+) -> decisions.Presence:
     """Asks LiveKit about the room once and records what it says."""
-    loop = asyncio.get_running_loop()
     try:
-        seen = await client.observe(spec.room, identity, spec.agent_identity)
+        seen = await room.observe(spec.room, identity, spec.agent_identity)
     except Exception as e:  # noqa: BLE001 - LiveKit down must not fail the session
-        await w.record(conditions=((Cond.READY, False, Reason.LIVEKIT_UNREACHABLE, f"cannot ask LiveKit about room {spec.room!r}: {e}"),), flush=False)
-        return
-    if seen.avatar_publishing_video:
-        if not w.is_true(Cond.READY):
-            await w.record(
-                phase=Phase.RUNNING,
-                conditions=((Cond.READY, True, Reason.AVATAR_PUBLISHING, f"avatar {identity!r} is in room {spec.room!r} publishing video"),),
-                event=(Reason.AVATAR_PUBLISHING.value, f"avatar {identity!r} is publishing video in room {spec.room!r}"),
-                readyTime=status_mod.timestamp(status_mod.now()),
-            )
-        presence.was_present = True
-        presence.absent_since = None
-        presence.interval = 5.0
-    elif presence.was_present and not seen.avatar_present:
-        # A LiveKit restart or a reconnect looks like a departure for
-        # a moment: the avatar must stay away for the grace period.
-        if presence.absent_since is None:
-            presence.absent_since = loop.time()
-        if loop.time() - presence.absent_since >= w.settings.absence_grace_s:
-            await w.succeed(Reason.AVATAR_LEFT, f"avatar {identity!r} left room {spec.room!r}")
-        presence.interval = 1.0
-    elif not w.is_true(Cond.READY):
-        await w.record(conditions=(w.waiting(identity, seen.avatar_present),), flush=False)
+        message = f"cannot ask LiveKit about room {spec.room!r}: {e}"
+        await ctx.record(changes=(Change(Cond.READY, False, Reason.LIVEKIT_UNREACHABLE, message),), flush=False)
+        return presence
+    verdict, presence = decisions.observe(presence, seen, ctx.clients.clock.monotonic(), ctx.settings.timing.absence_grace_s)
+    if verdict is Verdict.PUBLISHING and not ctx.is_true(Cond.READY):
+        await ctx.record(
+            phase=Phase.RUNNING,
+            changes=(Change(Cond.READY, True, Reason.AVATAR_PUBLISHING, f"avatar {identity!r} is in room {spec.room!r} publishing video"),),
+            event=(Reason.AVATAR_PUBLISHING, f"avatar {identity!r} is publishing video in room {spec.room!r}"),
+            ready_time=ctx.now(),
+        )
+    elif verdict is Verdict.LEFT:
+        await ctx.succeed(Reason.AVATAR_LEFT, f"avatar {identity!r} left room {spec.room!r}")
+    elif verdict is Verdict.WAITING and not ctx.is_true(Cond.READY):
+        await ctx.record(changes=(ctx.waiting(identity, seen.avatar_present),), flush=False)
+    return presence
 
 
-async def check_deadline(w: session.Worker, spec: spec_mod.AvatarSessionSpec, client: room.Client, identity: str) -> None:
-    """Stops the avatar and ends the session once maxDuration has passed since startTime."""
-    live = w.live_spec()
-    if not live.max_duration or not w.status.get("startTime"):
-        return
-    started = datetime.datetime.strptime(w.status["startTime"], status_mod.TIME_FORMAT).replace(tzinfo=datetime.timezone.utc)
-    if status_mod.now() < started + datetime.timedelta(seconds=live.max_duration):
-        return
-    await teardown.stop_session(w.ref, spec, client, identity, w.settings, w.logger)
-    await w.succeed(Reason.MAX_DURATION_REACHED, f"maxDuration of {live.max_duration}s reached; avatar stopped")
-
+async def check_deadline(
+    ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, room: ports.RoomApi, identity: str
+) -> float | None:
+    """Seconds left before maxDuration (None: no limit); at the deadline, stops the avatar and ends the session."""
+    live = ctx.live_spec()
+    left = decisions.seconds_until(decisions.deadline(ctx.status.start_time, live.max_duration), ctx.clients.clock.now())
+    if left is None or left > 0:
+        return left
+    await teardown.stop_session(ctx.clients, ctx.ref, spec, room, identity, ctx.settings.timing.cleanup_timeout_s)
+    await ctx.succeed(Reason.MAX_DURATION_REACHED, f"maxDuration of {live.max_duration}s reached; avatar stopped")

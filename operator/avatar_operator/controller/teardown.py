@@ -3,37 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
-import kopf
-
-from avatar_operator import settings as settings_mod
 from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
-from avatar_operator.clients import kube
-from avatar_operator.clients import livekit as room
+from avatar_operator.controller import ports
 
 
 async def stop_session(
+    clients: ports.Clients,
     ref: names.SessionRef,
     spec: spec_mod.AvatarSessionSpec,
-    client: room.Client | None,
+    room: ports.RoomApi | None,
     identity: str,
-    settings: settings_mod.Settings,
-    logger: logging.Logger | kopf.Logger,
+    timeout_s: float,
 ) -> str | None:
     """Stops the runner or removes the cloud avatar; returns a warning when LiveKit could not be told."""
     if spec.mode == spec_mod.Mode.LOCAL:
-        if settings.launcher == settings_mod.Launcher.PROCESS:
-            from avatar_operator.launchers import process as process_launcher
-
-            process_launcher.stop(ref)
-        await kube.delete("Pod", ref.namespace, names.child_name(ref.name, "runner"))
-        await kube.delete("Secret", ref.namespace, names.child_name(ref.name, "token"))
-    if client is None:
+        await stop_runner(clients, ref)
+    if room is None:
         return "no LiveKit credentials to remove the avatar participant with"
     try:
-        await asyncio.wait_for(client.remove(spec.room, identity), settings.cleanup_timeout_s)
+        await asyncio.wait_for(room.remove(spec.room, identity), timeout_s)
     except Exception as e:  # noqa: BLE001 - deletion must let go even when LiveKit is down
         return f"could not remove avatar {identity!r} from room {spec.room!r}: {e or type(e).__name__}"
     return None
+
+
+async def stop_runner(clients: ports.Clients, ref: names.SessionRef) -> None:
+    """The runner and its token Secret (the garbage collector would take them too, later)."""
+    await clients.launcher.stop(ref)
+    await clients.kube.delete("Secret", ref.namespace, names.token_secret_name(ref.name))

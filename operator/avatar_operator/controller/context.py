@@ -1,0 +1,162 @@
+"""A session's working state: its status as decided and as written, and how it is written.
+
+The worker and its steps (`local_mode`, `cloud_mode`, `room_watch`) share one
+`SessionContext`; it is the session's only status writer. Everything a step
+decides goes into `status` first and reaches the API server with the next
+flush, which comes before anything the worker waits on, so a restarted
+operator resumes from status where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from typing import Any, NoReturn
+
+import kopf
+
+from avatar_operator import settings as settings_mod
+from avatar_operator.api import conditions, names
+from avatar_operator.api import spec as spec_mod
+from avatar_operator.api import status as status_mod
+from avatar_operator.build import token as token_mod
+from avatar_operator.controller import mailbox, ports
+
+Phase = status_mod.Phase
+Cond = status_mod.ConditionType
+Reason = status_mod.Reason
+Change = conditions.Change
+
+TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class Ended(Exception):
+    """The session reached a terminal phase, or is gone; the worker stops."""
+
+
+@dataclasses.dataclass
+class SessionContext:
+    body: kopf.Body
+    settings: settings_mod.Settings
+    clients: ports.Clients
+    logger: logging.Logger | kopf.Logger
+    stopped: ports.Flag
+    ref: names.SessionRef = dataclasses.field(init=False)
+    mailbox: mailbox.Mailbox = dataclasses.field(init=False)
+    # What the worker has decided, and what the API server has of it.
+    status: status_mod.AvatarSessionStatus = dataclasses.field(init=False)
+    written: status_mod.AvatarSessionStatus = dataclasses.field(init=False)
+    _live: tuple[Any, spec_mod.AvatarSessionSpec] | None = dataclasses.field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        meta = self.body.metadata
+        self.ref = names.SessionRef(name=str(meta.name), namespace=str(meta.namespace), uid=str(meta.uid))
+        self.mailbox = self.clients.mailboxes.get(self.ref.uid)
+        self.status = self.written = status_mod.from_wire(self.body.get("status"))
+
+    # --- status -----------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        return int(self.body.metadata.get("generation") or 1)
+
+    def now(self) -> datetime.datetime:
+        return status_mod.whole_seconds(self.clients.clock.now())
+
+    async def record(
+        self,
+        *,
+        phase: Phase | None = None,
+        changes: tuple[Change, ...] = (),
+        event: tuple[Reason, str] | None = None,
+        warning: bool = False,
+        flush: bool = True,
+        **fields: Any,
+    ) -> None:
+        """Updates status (phase, conditions, fields of AvatarSessionStatus) and posts an Event for the step.
+
+        The status is written at once, or with flush=False it rides on the next
+        write: each write costs the API server a validation and a fan-out to
+        every watcher, so progress nobody acts on waits for the step after it.
+        The worker flushes before anything it waits on (the scheduler, LiveKit,
+        bitHuman, a retry), so status never lags behind a wait."""
+        now = self.now()
+        conds = self.status.conditions or ()
+        for change in changes:
+            conds = conditions.set_condition(conds, change, self.generation, now)
+        update: dict[str, Any] = {"conditions": conds, "observed_generation": self.generation, **fields}
+        if phase is not None:
+            update["phase"] = phase
+        self.status = self.status.model_copy(update=update)
+        if flush:
+            await self.flush()
+        if event is not None:
+            self.clients.events(self.body, reason=event[0].value, message=event[1], warning=warning)
+
+    async def flush(self) -> None:
+        """Writes the decided status when it differs from what the API server has."""
+        if self.status != self.written:
+            if not await self.clients.kube.patch_status(self.ref.namespace, self.ref.name, status_mod.to_wire(self.status)):
+                raise Ended  # the session is gone (deleted while we worked)
+            self.written = self.status
+
+    def condition(self, ctype: Cond) -> status_mod.Condition | None:
+        return conditions.find(self.status, ctype)
+
+    def is_true(self, ctype: Cond) -> bool:
+        return conditions.is_true(self.status, ctype)
+
+    def reason_of(self, ctype: Cond) -> Reason | None:
+        c = self.condition(ctype)
+        return None if c is None else c.reason
+
+    async def fail(self, reason: Reason, message: str, cond: Cond) -> NoReturn:
+        await self.record(
+            phase=Phase.FAILED,
+            changes=(Change(cond, False, reason, message), Change(Cond.READY, False, reason, message)),
+            event=(reason, message),
+            warning=True,
+            end_time=self.now(),
+        )
+        raise Ended
+
+    async def succeed(self, reason: Reason, message: str) -> NoReturn:
+        await self.record(
+            phase=Phase.SUCCEEDED,
+            changes=(Change(Cond.READY, False, reason, message),),
+            event=(reason, message),
+            end_time=self.now(),
+        )
+        raise Ended
+
+    def end_if_stopped(self) -> None:
+        """Ends the worker when kopf stops it (deletion, or the operator exiting)."""
+        if self.stopped.is_set():
+            raise Ended
+
+    # --- what steps read ----------------------------------------------------
+
+    def live_spec(self) -> spec_mod.AvatarSessionSpec:
+        """The spec as it is now (maxDuration and connection may be edited while running), parsed once per generation."""
+        generation = self.body.metadata.get("generation")
+        if self._live is None or self._live[0] != generation:
+            self._live = (generation, spec_mod.parse_spec(self.body))
+        return self._live[1]
+
+    def token_ttl(self, spec: spec_mod.AvatarSessionSpec) -> datetime.timedelta:
+        timing = self.settings.timing
+        return token_mod.token_ttl(spec.max_duration, timing.token_ttl_margin_s, timing.token_ttl_default_s)
+
+    def waiting(self, identity: str, present: bool = False) -> Change:
+        why = "joined, not yet publishing video" if present else "not in the room yet"
+        return Change(Cond.READY, False, Reason.WAITING_FOR_AVATAR, f"avatar {identity!r} {why}")
+
+
+def identity(spec: spec_mod.AvatarSessionSpec) -> tuple[str, str]:
+    """The avatar participant's identity and name (the plugin's defaults when unset)."""
+    p = spec.avatar_participant
+    return (
+        (p.identity if p and p.identity else None) or spec_mod.DEFAULT_AVATAR_IDENTITY,
+        (p.name if p and p.name else None) or spec_mod.DEFAULT_AVATAR_NAME,
+    )
