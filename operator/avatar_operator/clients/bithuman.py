@@ -4,7 +4,13 @@
 only what can succeed on a retry (design.md §3). It bounds the whole attempt
 in time, does not follow redirects, and builds the form body afresh for each
 attempt (the plugin re-sends one FormData object, whose parts aiohttp consumes
-when it encodes them).
+when it encodes them). Every error of an attempt, an answer aiohttp cannot
+parse included, counts as that attempt and ends in an Outcome; none escapes.
+Its policy may be a callable, read again before each attempt, so an edit of
+the session's `spec.connection` counts from the next attempt on.
+
+`mint_runtime_token` gets the scoped token that stands in for the account
+secret in the room (build/mint_request.py says why), under the same policy.
 
 Nothing here logs or returns request headers or bodies: they hold the bitHuman
 credential and the avatar's LiveKit token.
@@ -22,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
 from avatar_operator.build.cloud_request import FORM_FILE_FIELD, CloudRequest
 from avatar_operator.build.mint_request import build_mint_request
@@ -90,66 +97,129 @@ class CloudResult:
     status: int | None  # the last HTTP status, None when no answer came
 
 
+PolicySource = RetryPolicy | Callable[[], RetryPolicy]
+"""A fixed policy, or one read afresh before each attempt (the session's
+`spec.connection`, which a user may edit while the request is retried)."""
+
+# Every way one request can fail without a usable answer: aiohttp's own errors
+# (connection, payload, and ClientResponseError for an answer it cannot parse:
+# a status line that is not HTTP, a bad Content-Length, an over-long header),
+# the parser's HttpProcessingError, which the pure-Python parser lets escape
+# from a body read, and the attempt's time bound.
+_REQUEST_ERRORS = (aiohttp.ClientError, HttpProcessingError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """A failed attempt that a later one may get past."""
+
+    message: str
+    status: int | None  # the server's status; None when no (parsable) answer came
+    retry_after: float | None = None  # a 429's Retry-After, in seconds
+
+
 async def send(
     session: aiohttp.ClientSession,
     req: CloudRequest,
-    policy: RetryPolicy,
+    policy: PolicySource,
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_attempt: Callable[[int], Awaitable[None]] | None = None,
 ) -> CloudResult:
-    """POST `req`, retrying connection errors, timeouts, 429 and 5xx.
+    """POST `req`, retrying connection errors, timeouts, malformed answers, 429 and 5xx.
 
     Any other answer ends it at once: a 2xx is Accepted, the rest Rejected with
     the server's status and (truncated) body. `on_attempt(n)` runs before
     attempt n (1-based), so a caller can record progress.
+
+    A callable `policy` is read before each attempt, and again after a failed
+    one: the wait after a failure is the `retry_interval` read then, an attempt
+    runs under the `timeout` read just before it, and the attempts already made
+    count against the `max_retry` read at either point, so a lowered one stops
+    the retries there. What the callable raises propagates.
     """
+    current = _reader(policy)
+    secrets = req.sensitive_values()
+    attempt = 0
+    step = current()
+    while True:
+        attempt += 1
+        if on_attempt is not None:
+            await on_attempt(attempt)
+        answer = await _attempt(session, req, step, secrets)
+        if not isinstance(answer, _Retry):
+            return CloudResult(answer, attempt, answer.status)
+        logger.warning(
+            "bitHuman request attempt %d/%d failed: %s", attempt, step.max_retry, answer.message
+        )
+        step = current()
+        if attempt >= step.max_retry:
+            break
+        delay = step.retry_interval
+        if answer.retry_after is not None:
+            delay = max(delay, min(answer.retry_after, RETRY_AFTER_CAP_S))
+        await sleep(delay)
+        step = current()
+        if attempt >= step.max_retry:
+            break
+    return CloudResult(RetriesExhausted(answer.message), attempt, answer.status)
+
+
+def _reader(policy: PolicySource) -> Callable[[], RetryPolicy]:
+    if isinstance(policy, RetryPolicy):
+        fixed = policy
+        return lambda: fixed
+    return policy
+
+
+async def _attempt(
+    session: aiohttp.ClientSession,
+    req: CloudRequest,
+    policy: RetryPolicy,
+    secrets: tuple[str, ...],
+) -> Accepted | Rejected | _Retry:
+    """One POST. Every error of it ends here as a _Retry: a broken server may
+    sit behind a balancer that sends the next attempt to a healthy one."""
     timeout = aiohttp.ClientTimeout(
         total=policy.timeout * TOTAL_TIMEOUT_FACTOR, sock_connect=policy.timeout
     )
-    secrets = req.sensitive_values()
-    last_error = ""
-    last_status: int | None = None
-    for attempt in range(1, policy.max_retry + 1):
-        if on_attempt is not None:
-            await on_attempt(attempt)
-        delay = policy.retry_interval
-        try:
-            async with session.post(
-                req.url,
-                headers=dict(req.headers),
-                json=None if req.json is None else dict(req.json),
-                data=_form_data(req),
-                timeout=timeout,
-                # A redirect would re-send the api-secret header to wherever it points.
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                body = await resp.content.read(_READ_LIMIT)
-                retry_after = resp.headers.get("Retry-After")
-                reason = resp.reason or ""
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
-            last_status = None
-            last_error = _redact(_describe(err, policy), secrets)
-        else:
-            if 200 <= status < 300:
-                return CloudResult(Accepted(status, body), attempt, status)
-            text = body.decode("utf-8", errors="replace").strip() or reason
-            message = _redact(text, secrets)[:MESSAGE_LIMIT]
-            if status != 429 and status < 500:
-                return CloudResult(Rejected(status, message), attempt, status)
-            last_status = status
-            last_error = f"HTTP {status}: {message}"
-            if status == 429:
-                wait = _retry_after_s(retry_after)
-                if wait is not None:
-                    delay = max(delay, min(wait, RETRY_AFTER_CAP_S))
-        logger.warning(
-            "bitHuman request attempt %d/%d failed: %s", attempt, policy.max_retry, last_error
-        )
-        if attempt < policy.max_retry:
-            await sleep(delay)
-    return CloudResult(RetriesExhausted(last_error), policy.max_retry, last_status)
+    try:
+        async with session.post(
+            req.url,
+            headers=dict(req.headers),
+            json=None if req.json is None else dict(req.json),
+            data=_form_data(req),
+            timeout=timeout,
+            # A redirect would re-send the api-secret header to wherever it points.
+            allow_redirects=False,
+        ) as resp:
+            status = resp.status
+            body = await _read_body(resp.content)
+            retry_after = resp.headers.get("Retry-After")
+            reason = resp.reason or ""
+    except _REQUEST_ERRORS as err:
+        return _Retry(_redact(_describe(err, policy), secrets)[:MESSAGE_LIMIT], None)
+    if 200 <= status < 300:
+        return Accepted(status, body)
+    text = body.decode("utf-8", errors="replace").strip() or reason
+    message = _redact(text, secrets)[:MESSAGE_LIMIT]
+    if status != 429 and status < 500:
+        return Rejected(status, message)
+    wait = _retry_after_s(retry_after) if status == 429 else None
+    return _Retry(f"HTTP {status}: {message}", status, wait)
+
+
+async def _read_body(content: aiohttp.StreamReader) -> bytes:
+    """The answer up to _READ_LIMIT bytes. One read(n) returns only what has
+    arrived so far, so a body split across packets needs the loop; a body cut
+    short of its Content-Length raises ClientPayloadError here."""
+    body = bytearray()
+    while len(body) < _READ_LIMIT:
+        chunk = await content.read(_READ_LIMIT - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 def _form_data(req: CloudRequest) -> aiohttp.FormData | None:
@@ -174,7 +244,14 @@ def _describe(err: BaseException, policy: RetryPolicy) -> str:
             f"no answer in time (connect limit {policy.timeout:g}s, "
             f"total limit {policy.timeout * TOTAL_TIMEOUT_FACTOR:g}s)"
         )
-    detail = str(err)
+    if isinstance(err, aiohttp.ClientResponseError | HttpProcessingError):
+        # An answer aiohttp could not parse. Its `status` (400) is aiohttp's
+        # verdict, not the server's; the message quotes what the server sent.
+        detail = f"malformed answer: {err.message}"
+    else:
+        detail = str(err)
+    # The parser's messages span lines (the bad bytes, then a caret under them).
+    detail = " ".join(detail.split())
     return f"{type(err).__name__}: {detail}" if detail else type(err).__name__
 
 
@@ -217,13 +294,15 @@ async def mint_runtime_token(
     agent_code: str,
     room_name: str,
     livekit_url: str,
-    policy: RetryPolicy,
+    policy: PolicySource,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> str:
     """The scoped token for `agent_code` in `room_name` on `livekit_url`.
 
     `livekit_url` must be the URL the session request names: bitHuman refuses a
-    token minted for another. Retries as the session request does.
+    token minted for another. Retries as `send` does, under `policy` (the
+    session's `spec.connection`, as for the session request). An empty input
+    raises MissingInputError; everything else that gets no token, MintError.
     """
     req = build_mint_request(
         mint_url=mint_url,
