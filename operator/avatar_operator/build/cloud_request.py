@@ -24,6 +24,7 @@ import enum
 import io
 import re
 import types
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlparse
@@ -35,6 +36,13 @@ DEFAULT_API_HOSTS = ("auth.api.bithuman.ai", "api.bithuman.ai")
 # The form field a FormFile travels in (the plugin's and the GPU worker's name).
 FORM_FILE_FIELD = "avatar_image"
 
+# The most pixels an image from avatarImageFrom may have: 4096x4096. The
+# re-encode decodes it whole (up to 4 bytes a pixel), then copies it to RGB, so
+# the bound keeps that under ~120 MB in an operator limited to 512Mi, where a
+# 37 kB PNG of 13000x13000 pixels (Pillow only warns below 179 megapixels) took
+# it to 885 MB. A portrait for an avatar needs far fewer pixels.
+IMAGE_PIXEL_LIMIT = 4096 * 4096
+_RESIZE = "resize the image to at most 4096x4096 pixels"
 _JPEG_QUALITY = 95  # the plugin's re-encode quality
 _BASE64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 # Headers and fields whose values are credentials, kept out of every message.
@@ -339,15 +347,53 @@ def _image_data(image: str) -> bytes | None:
 
 def _jpeg(data: bytes) -> bytes:
     """Re-encode as JPEG at the plugin's quality; JPEG has no alpha or palette,
-    so those images are flattened to RGB first."""
+    so those images are flattened to RGB first. The size is checked before
+    anything is decoded (`_open_bounded`)."""
+    image = _open_bounded(data)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with image:
             image.load()
             rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
             out = io.BytesIO()
             rgb.save(out, format="JPEG", quality=_JPEG_QUALITY)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise InvalidImageError(
-            f"avatarImageFrom does not hold an image Pillow can read ({type(err).__name__})"
-        ) from None
+        raise InvalidImageError(_unreadable(err)) from None
     return out.getvalue()
+
+
+def _open_bounded(data: bytes) -> Image.Image:
+    """The image, opened but not decoded: Image.open reads only the header,
+    so the size is known while the pixels are still compressed."""
+    with warnings.catch_warnings(record=True) as caught:
+        # Pillow's own bomb check warns above Image.MAX_IMAGE_PIXELS and raises
+        # above twice that; both refuse here, the warning once the size is read.
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as err:
+            raise InvalidImageError(
+                f"avatarImageFrom holds an image over Pillow's decompression-bomb limit "
+                f"({err}); {_RESIZE}"
+            ) from None
+        except (OSError, ValueError) as err:
+            raise InvalidImageError(_unreadable(err)) from None
+    bomb = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    for other in caught:
+        if other not in bomb:  # recorded alongside; not ours to swallow
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    width, height = image.size
+    if width * height > IMAGE_PIXEL_LIMIT:
+        limit = f"the operator's limit of {IMAGE_PIXEL_LIMIT / 1e6:.1f} megapixels"
+    elif bomb:
+        limit = f"Pillow's decompression-bomb limit ({bomb[0].message})"
+    else:
+        return image
+    image.close()
+    raise InvalidImageError(
+        f"avatarImageFrom holds a {width}x{height} image "
+        f"({width * height / 1e6:.1f} megapixels), over {limit}; {_RESIZE}"
+    )
+
+
+def _unreadable(err: BaseException) -> str:
+    return f"avatarImageFrom does not hold an image Pillow can read ({type(err).__name__})"
