@@ -6,10 +6,6 @@ import base64
 import json
 import os
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,9 +13,14 @@ import pytest
 
 from tests.conftest import ROOT, RUN_PREFIX, Stack
 from tests.fakes.process import FakeProcess
+from tests.harness.operator_process import OperatorProcess, operator_env
+from tests.harness.polling import wait_until
 
 BITHUMAN_SECRET = "bh-account-secret-" + os.urandom(12).hex()
 BITHUMAN_TOKEN = "bh-api-token-" + os.urandom(12).hex()
+
+# The suite's name for the shared wait (same defaults: 60 s, every 0.3 s).
+wait_for = wait_until
 
 
 class FakeAPI(FakeProcess):
@@ -29,56 +30,21 @@ class FakeAPI(FakeProcess):
         super().__init__("tests.fakes.bithuman_api", log, api_secret=BITHUMAN_SECRET, api_token=BITHUMAN_TOKEN)
 
 
-class Operator:
-    """`avatar-operator run` as a process; kill it and start it again as a test needs."""
+class Operator(OperatorProcess):
+    """`avatar-operator run` watching this run's namespaces, started at once; kill it
+    and start it again as a test needs."""
 
     def __init__(self, stack: Stack, fake: FakeAPI, log: pathlib.Path) -> None:
-        self.stack, self.log = stack, log
-        self.env = stack.process_env()
-        self.env.update(
-            {
-                "AVATAR_LIVEKIT_URL": stack.livekit_url,
-                # The fake stands in for bitHuman's default API: the operator is
-                # told its URL is the default one (JSON format, runtime-token mint).
-                "AVATAR_BITHUMAN_API_URL": fake.urls["url"],
-                "AVATAR_BITHUMAN_MINT_URL": fake.urls["mint_url"],
-                "AVATAR_RUNNER_IMAGE": "registry.invalid/avatar-runner:test",
-                "AVATAR_CLEANUP_TIMEOUT": "3",
-                "AVATAR_ABSENCE_GRACE": "3",
-            }
+        env = operator_env(
+            stack.process_env(),
+            livekit_url=stack.livekit_url,
+            fake_urls=fake.urls,
+            runner_image="registry.invalid/avatar-runner:test",
+            extra={"AVATAR_ABSENCE_GRACE": "3"},
         )
-        for k in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
-            self.env.pop(k, None)  # sessions get LiveKit credentials from their namespace's Secret
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(env, log, [f"{RUN_PREFIX}*"], stop_grace=20.0)
+        self.stack = stack
         self.start()
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "avatar_operator", "run", "--standalone", "--namespace", f"{RUN_PREFIX}*", "--liveness", "http://127.0.0.1:0/healthz"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture(scope="session")
@@ -157,14 +123,3 @@ def model_claim(stack: Stack, credentials: str) -> Iterator[str]:
 
 def get_json(stack: Stack, *args: str) -> Any:
     return json.loads(stack.kubectl("get", *args, "-o", "json").stdout)
-
-
-def wait_for(what: str, check: Any, timeout: float = 60.0, interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")

@@ -15,10 +15,7 @@ import json
 import os
 import pathlib
 import re
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -32,6 +29,9 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import ROOT, Stack
 from tests.fakes.process import FakeProcess
+from tests.harness import polling
+from tests.harness.net import free_port as free_port  # re-exported: the tests take it from here
+from tests.harness.operator_process import OperatorProcess, operator_env
 
 GROUP, VERSION, PLURAL = "avatar-operator.dev", "v1alpha1", "avatarsessions"
 FINALIZER = "avatar-operator.dev/cleanup"
@@ -46,20 +46,9 @@ BITHUMAN_TOKEN = "bh-api-token-" + os.urandom(16).hex()
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """check()'s first truthy value; AssertionError with the last value after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except Exception as e:  # noqa: BLE001 - the cluster may be restarting; keep trying
-            last = e
-        else:
-            if last:
-                return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}"[:3000])
-        time.sleep(interval)
+    """check()'s first truthy value; AssertionError with the last value after `timeout`.
+    An exception counts as a falsy answer: the cluster may be restarting."""
+    return polling.wait_until(what, check, timeout, interval, retry_on=(Exception,))
 
 
 # --- counters and the report ------------------------------------------------
@@ -309,9 +298,9 @@ class FakeProc(FakeProcess):
         super().__init__("tests.reliability.timed_fake", log, api_secret=BITHUMAN_SECRET, api_token=BITHUMAN_TOKEN, timeout=20)
 
 
-class OperatorProc:
-    """`avatar-operator run` as a process, in its own process group: SIGKILL takes
-    it (and any runner it launched) down at once."""
+class OperatorProc(OperatorProcess):
+    """`avatar-operator run` as a process (tests.harness.operator_process) with the
+    suite's settings; start() it, kill() and start() it again as a test needs."""
 
     def __init__(
         self,
@@ -326,79 +315,21 @@ class OperatorProc:
         kubeconfig: str | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.extra_args = extra_args
-        self.stack, self.log, self.namespaces, self.peering = stack, log, namespaces, peering
-        self.env = stack.process_env()
-        for k in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
-            self.env.pop(k, None)  # sessions get LiveKit credentials from their namespace's Secret
-        self.env.update(
-            {
-                "AVATAR_LIVEKIT_URL": stack.livekit_url,
-                "AVATAR_BITHUMAN_API_URL": fake.urls["url"],
-                "AVATAR_BITHUMAN_MINT_URL": fake.urls["mint_url"],
-                "AVATAR_RUNNER_IMAGE": "registry.invalid/avatar-runner:test",
-                "AVATAR_RUNNER_CPU": "10m",
-                "AVATAR_RUNNER_MEMORY": "32Mi",
-                "AVATAR_CLEANUP_TIMEOUT": "3",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        extra = {"AVATAR_RUNNER_CPU": "10m", "AVATAR_RUNNER_MEMORY": "32Mi", "PYTHONUNBUFFERED": "1"}
         if identity:
-            self.env["POD_ID"] = identity
+            extra["POD_ID"] = identity
         if kubeconfig:
-            self.env["KUBECONFIG"] = kubeconfig
-        self.env.update(env or {})
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.kills = 0
-
-    def start(self) -> None:
-        # kopf reads port 0 in a liveness URL as 80: give each process a free port.
-        self.liveness_port = free_port()
-        args = [sys.executable, "-m", "avatar_operator", "run", "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]
-        for ns in self.namespaces:
-            args += ["--namespace", ns]
-        args += ["--peering", self.peering] if self.peering else ["--standalone"]
-        args += list(self.extra_args)
-        with open(self.log, "ab") as out:
-            out.write(f"\n===== start #{self.starts + 1} at {time.time():.3f} =====\n".encode())
-            out.flush()
-            self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.starts += 1
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, as the OOM killer or a node loss would."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self.kills += 1
-        with open(self.log, "ab") as out:
-            out.write(f"\n===== SIGKILL at {time.time():.3f} =====\n".encode())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def logs(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+            extra["KUBECONFIG"] = kubeconfig
+        extra.update(env or {})
+        full_env = operator_env(
+            stack.process_env(),
+            livekit_url=stack.livekit_url,
+            fake_urls=fake.urls,
+            runner_image="registry.invalid/avatar-runner:test",
+            extra=extra,
+        )
+        super().__init__(full_env, log, namespaces, peering=peering, extra_args=extra_args, stop_grace=30.0)
+        self.stack = stack
 
 
 def tracebacks(log: str) -> list[str]:
