@@ -31,7 +31,6 @@ import datetime
 import json
 import math
 import pathlib
-import socket
 import sys
 import time
 import wave
@@ -41,11 +40,13 @@ import aiohttp
 import numpy as np
 import psutil
 from avatar_operator.build.token import avatar_token
-from livekit import api, rtc
 
 from bench import stats
 from bench.control_plane import RUN_ID, log
-from bench.procs import ROOT
+from tests.harness import viewer as harness_viewer
+from tests.harness.net import free_port, http_get, metric, wait_healthy
+from tests.harness.stack import ROOT
+from tests.harness.viewer import Viewer
 
 AGENT = "agent-1"
 AVATAR = "bithuman-avatar-agent"
@@ -54,19 +55,8 @@ SILENCE_DBFS = -50.0
 STARTUP_TIMEOUT_S = 120.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def participant_token(env: dict[str, str], room: str, identity: str, *, agent: bool = False) -> str:
-    token = (
-        api.AccessToken(env["LIVEKIT_API_KEY"], env["LIVEKIT_API_SECRET"])
-        .with_identity(identity)
-        .with_grants(api.VideoGrants(room_join=True, room=room))
-    )
-    return (token.with_kind("agent") if agent else token).to_jwt()
+    return harness_viewer.participant_token(env["LIVEKIT_API_KEY"], env["LIVEKIT_API_SECRET"], room, identity, agent=agent)
 
 
 def speech_wav(path: pathlib.Path, seconds: float) -> str:
@@ -90,71 +80,6 @@ def speech_wav(path: pathlib.Path, seconds: float) -> str:
         w.setframerate(rate)
         w.writeframes(looped.astype(np.int16).tobytes())
     return source
-
-
-def mouth_darkness(frame: rtc.VideoFrame) -> float:
-    """Share of dark pixels in the middle of the drawn face's mouth (luma plane), as tests/e2e reads it."""
-    from avatar_runner.renderers.portrait import DRAWN_FACE, SIZE
-
-    if frame.type != rtc.VideoBufferType.I420:
-        frame = frame.convert(rtc.VideoBufferType.I420)
-    luma = np.frombuffer(frame.data, dtype=np.uint8, count=frame.width * frame.height).reshape(frame.height, frame.width)
-    scale = frame.width / SIZE
-    cx, cy = DRAWN_FACE.mouth_center
-    half_w, half_h = DRAWN_FACE.mouth_width * 0.3, DRAWN_FACE.mouth_max_height / 2 + 4
-    region = luma[round((cy - half_h) * scale):round((cy + half_h) * scale), round((cx - half_w) * scale):round((cx + half_w) * scale)]
-    return float(np.mean(region < 70))
-
-
-@dataclasses.dataclass
-class Viewer:
-    room: rtc.Room = dataclasses.field(default_factory=rtc.Room)
-    video: list[tuple[float, int, float]] = dataclasses.field(default_factory=list)  # t, width, mouth
-    audio: list[tuple[float, float, int]] = dataclasses.field(default_factory=list)  # t, dBFS, samples
-    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
-
-    watch_video: bool = True
-
-    async def join(self, url: str, token: str) -> None:
-        """Subscribes to everything; or, without watch_video, only to the avatar's audio.
-
-        Someone must listen: livekit-agents' AvatarRunner publishes its video
-        only once its audio track has a subscriber (a user in the room)."""
-        if self.watch_video:
-            self.room.on("track_subscribed", self._on_track)
-            await self.room.connect(url, token)
-            return
-
-        def maybe_subscribe(pub: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant) -> None:
-            if pub.kind == rtc.TrackKind.KIND_AUDIO:
-                pub.set_subscribed(True)
-
-        self.room.on("track_published", maybe_subscribe)
-        await self.room.connect(url, token, rtc.RoomOptions(auto_subscribe=False))
-        for who in self.room.remote_participants.values():
-            for pub in who.track_publications.values():
-                maybe_subscribe(pub, who)
-
-    def _on_track(self, track: rtc.Track, _: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant) -> None:
-        consume = self._watch(track) if track.kind == rtc.TrackKind.KIND_VIDEO else self._listen(track)
-        self.tasks.append(asyncio.create_task(consume))
-
-    async def _watch(self, track: rtc.Track) -> None:
-        async for event in rtc.VideoStream(track):
-            frame = event.frame
-            mouth = mouth_darkness(frame) if frame.width >= 128 else math.nan
-            self.video.append((time.time(), frame.width, mouth))
-
-    async def _listen(self, track: rtc.Track) -> None:
-        async for event in rtc.AudioStream(track):
-            samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
-            rms = math.sqrt(float(np.mean(samples**2))) / 32768 if samples.size else 0.0
-            self.audio.append((time.time(), 20 * math.log10(rms) if rms > 0 else -120.0, samples.size))
-
-    async def leave(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await self.room.disconnect()
 
 
 def av_offset_ms(viewer: Viewer, start: float, end: float) -> tuple[float, float]:
@@ -226,16 +151,9 @@ def av_offset_onsets_ms(viewer: Viewer, start: float, end: float) -> tuple[float
     return round(1000 * float(np.median(lags)), 1), len(lags)
 
 
-def metric(page: str, name: str) -> float:
-    for line in page.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return math.nan
-
-
-async def http_get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
-    async with http.get(url) as r:
-        return r.status, await r.text()
+def nan_metric(page: str, name: str) -> float:
+    """The sample on the runner's /metrics page; NaN when absent (no measurement)."""
+    return metric(page, name, math.nan)
 
 
 @dataclasses.dataclass
@@ -286,7 +204,7 @@ class MediaBench:
                     })
                     s.proc = psutil.Process(pid)
                 for s in sessions:
-                    await self._wait_http(http, f"http://127.0.0.1:{s.port}/healthz", launcher, f"s{s.j}")
+                    await wait_healthy(f"http://127.0.0.1:{s.port}/healthz", launcher, f"s{s.j}", STARTUP_TIMEOUT_S, http)
                 for s, v in zip(sessions, viewers):
                     await v.join(env["LIVEKIT_URL"], participant_token(env, s.room, "viewer"))
                 for s in sessions:
@@ -333,14 +251,14 @@ class MediaBench:
             dt = s.at_end[0] - s.at_start[0]
             published = s.at_end[2] - s.at_start[2]
             dropped = max(0.0, s.at_end[3] - s.at_start[3])
-            segs = metric(s.page, "avatar_audio_to_video_latency_seconds_count")
+            segs = nan_metric(s.page, "avatar_audio_to_video_latency_seconds_count")
             per.append({
                 "j": s.j,
                 "runner_fps": round(published / dt, 2),
                 "runner_drop_ratio": round(dropped / max(1.0, published + dropped), 4),
                 "cpu_cores": round((s.at_end[1] - s.at_start[1]) / dt, 3),
-                "first_frame_ms": round(1000 * metric(s.page, "avatar_audio_to_video_latency_seconds_sum") / max(1.0, segs), 1),
-                "time_to_first_frame_s": metric(s.page, "avatar_time_to_first_frame_seconds"),
+                "first_frame_ms": round(1000 * nan_metric(s.page, "avatar_audio_to_video_latency_seconds_sum") / max(1.0, segs), 1),
+                "time_to_first_frame_s": nan_metric(s.page, "avatar_time_to_first_frame_seconds"),
                 "speech_s": round(dt, 2),
             })
         result: dict[str, Any] = {"k": k, "speech_source": source, "sessions": per}
@@ -387,26 +305,13 @@ class MediaBench:
             "first_open_mouth_at_viewer_ms": round(1000 * (mouth[0] - speaking), 1) if mouth and speaking else math.nan,
         }
 
-    async def _wait_http(self, http: aiohttp.ClientSession, url: str, launcher: Any, key: str) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not launcher.is_running(key):
-                raise RuntimeError(f"runner {key} exited: {launcher.status(key)}")
-            try:
-                if (await http_get(http, url))[0] == 200:
-                    return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"{url} did not answer in {STARTUP_TIMEOUT_S} s")
-
     async def _sample(self, http: aiohttp.ClientSession, s: Session) -> tuple[float, float, float, float]:
         assert s.proc is not None
         t = time.time()
         cpu = s.proc.cpu_times()
-        _, page = await http_get(http, f"http://127.0.0.1:{s.port}/metrics")
+        _, page = await http_get(f"http://127.0.0.1:{s.port}/metrics", http)
         s.page = page
-        return (t, cpu.user + cpu.system, metric(page, "avatar_video_frames_published_total"), metric(page, "avatar_video_frames_dropped_total"))
+        return (t, cpu.user + cpu.system, nan_metric(page, "avatar_video_frames_published_total"), nan_metric(page, "avatar_video_frames_dropped_total"))
 
     async def _follow(self, http: aiohttp.ClientSession, s: Session) -> None:
         assert s.agent is not None and s.agent.stdout is not None

@@ -13,28 +13,26 @@ joins a room, and those tests run everywhere.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import json
 import math
 import pathlib
-import socket
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import numpy as np
 import pytest
 from avatar_operator.build.token import ATTRIBUTE_PUBLISH_ON_BEHALF, avatar_token
 from avatar_runner.exits import ExitCode
 from avatar_runner.launcher import ProcessStatus, RunnerLauncher
-from avatar_runner.renderers.portrait import DRAWN_FACE, SIZE
 from livekit import api, rtc
 
 from tests.conftest import Stack
+from tests.harness import viewer as harness_viewer
+from tests.harness.net import free_port, http_get, metric, wait_healthy
+from tests.harness.viewer import Viewer
 
 AGENT = "agent-1"
 AVATAR = "bithuman-avatar-agent"
@@ -46,20 +44,8 @@ MOUTH_OPEN = 0.05  # share of dark pixels in the mouth region of an open mouth
 STARTUP_TIMEOUT_S = 90.0  # the runner imports its media stack on a shared CPU
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def participant_token(stack: Stack, room: str, identity: str, *, agent: bool = False) -> str:
-    token = (
-        api.AccessToken(stack.livekit_api_key, stack.livekit_api_secret)
-        .with_identity(identity)
-        .with_grants(api.VideoGrants(room_join=True, room=room))
-    )
-    return (token.with_kind("agent") if agent else token).to_jwt()
+    return harness_viewer.participant_token(stack.livekit_api_key, stack.livekit_api_secret, room, identity, agent=agent)
 
 
 def runner_token(stack: Stack, room: str, *, secret: str | None = None) -> str:
@@ -72,67 +58,6 @@ def runner_token(stack: Stack, room: str, *, secret: str | None = None) -> str:
         agent_identity=AGENT,
         ttl=datetime.timedelta(minutes=10),
     )
-
-
-def mouth_darkness(frame: rtc.VideoFrame) -> float:
-    """Share of dark pixels in the middle of the drawn face's mouth, at any received size.
-
-    Read on the luma plane of the decoded I420 frame: converting every frame
-    to RGB costs the viewer enough CPU here to drop frames it then miscounts.
-    """
-    if frame.type != rtc.VideoBufferType.I420:
-        frame = frame.convert(rtc.VideoBufferType.I420)
-    luma = np.frombuffer(frame.data, dtype=np.uint8, count=frame.width * frame.height)
-    luma = luma.reshape(frame.height, frame.width)
-    scale = frame.width / SIZE
-    cx, cy = DRAWN_FACE.mouth_center
-    half_w, half_h = DRAWN_FACE.mouth_width * 0.3, DRAWN_FACE.mouth_max_height / 2 + 4
-    region = luma[
-        round((cy - half_h) * scale):round((cy + half_h) * scale),
-        round((cx - half_w) * scale):round((cx + half_w) * scale),
-    ]
-    return float(np.mean(region < 70))
-
-
-@dataclasses.dataclass
-class Viewer:
-    """A participant watching the avatar: what it received, when."""
-
-    room: rtc.Room = dataclasses.field(default_factory=rtc.Room)
-    video: list[tuple[float, int, float]] = dataclasses.field(default_factory=list)  # t, width, mouth
-    audio: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # t, dBFS
-    publishers: set[str] = dataclasses.field(default_factory=set)
-    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
-
-    async def join(self, url: str, token: str) -> None:
-        self.room.on("track_subscribed", self._on_track)
-        await self.room.connect(url, token)
-
-    def _on_track(self, track: rtc.Track, _: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant) -> None:
-        self.publishers.add(who.identity)
-        consume = self._watch(track) if track.kind == rtc.TrackKind.KIND_VIDEO else self._listen(track)
-        self.tasks.append(asyncio.create_task(consume))
-
-    async def _watch(self, track: rtc.Track) -> None:
-        async for event in rtc.VideoStream(track):
-            frame = event.frame
-            # The first frames of a simulcast layer can be tiny placeholders.
-            mouth = mouth_darkness(frame) if frame.width >= 128 else math.nan
-            self.video.append((time.time(), frame.width, mouth))
-
-    async def _listen(self, track: rtc.Track) -> None:
-        async for event in rtc.AudioStream(track):
-            samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
-            rms = math.sqrt(float(np.mean(samples**2))) / 32768 if samples.size else 0.0
-            self.audio.append((time.time(), 20 * math.log10(rms) if rms > 0 else -math.inf))
-
-    async def leave(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await self.room.disconnect()
-
-    def frames_between(self, start: float, end: float) -> list[tuple[float, int, float]]:
-        return [f for f in self.video if start <= f[0] <= end]
 
 
 async def agent_events(process: asyncio.subprocess.Process) -> AsyncIterator[dict[str, Any]]:
@@ -149,33 +74,6 @@ async def wait_exit(launcher: RunnerLauncher, key: str, timeout: float) -> Proce
         if not status.running or time.monotonic() > deadline:
             return status
         await asyncio.sleep(0.1)
-
-
-async def wait_http(url: str, launcher: RunnerLauncher, key: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            assert launcher.is_running(key), f"runner exited: {launcher.status(key)}"
-            try:
-                async with http.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{url} did not answer in {STARTUP_TIMEOUT_S} s")
-
-
-async def http_get(url: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as http, http.get(url) as response:
-        return response.status, await response.text()
-
-
-def metric(page: str, name: str) -> float:
-    for line in page.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 @pytest.mark.stack
@@ -200,7 +98,7 @@ async def test_avatar_renders_the_agents_speech(stack: Stack, tmp_path: pathlib.
     agent: asyncio.subprocess.Process | None = None
     try:
         await viewer.join(stack.livekit_url, participant_token(stack, room, "viewer"))
-        await wait_http(f"http://127.0.0.1:{port}/healthz", launcher, "session")
+        await wait_healthy(f"http://127.0.0.1:{port}/healthz", launcher, "session", STARTUP_TIMEOUT_S)
         # Alive but not ready: no agent, so no frame yet.
         assert (await http_get(f"http://127.0.0.1:{port}/readyz"))[0] == 503
 
@@ -284,14 +182,14 @@ async def test_avatar_renders_the_agents_speech(stack: Stack, tmp_path: pathlib.
     open_share = sum(m > MOUTH_OPEN for m in spoken) / len(spoken)
 
     # -- the interruption ----------------------------------------------------
-    loud_after = [t for t, db in viewer.audio if t >= cleared and db > SILENCE_DBFS]
+    loud_after = [t for t, db, _ in viewer.audio if t >= cleared and db > SILENCE_DBFS]
     audio_stop = (max(loud_after) - cleared) if loud_after else 0.0
     left = next(e["t"] for e in events if e["event"] == "leaving")
     # Until the agent leaves: the runner leaves too, and a track's end can
     # show as a black frame.
     open_after = [t for t, _, m in viewer.frames_between(cleared, left) if m > MOUTH_OPEN]
     mouth_close = (max(open_after) - cleared) if open_after else 0.0
-    speech_before_clear = [db for t, db in viewer.audio if cleared - 1.0 <= t < cleared]
+    speech_before_clear = [db for t, db, _ in viewer.audio if cleared - 1.0 <= t < cleared]
 
     latency_sum = metric(metrics_page, "avatar_audio_to_video_latency_seconds_sum")
     segments = metric(metrics_page, "avatar_audio_to_video_latency_seconds_count")
