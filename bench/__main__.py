@@ -26,7 +26,8 @@ import psutil
 
 from bench import plot
 from bench.control_plane import Config, ControlPlane, log
-from bench.procs import ROOT, read_env, run_main
+from bench.procs import ROOT, run_main
+from tests.harness.stack import Stack
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -175,11 +176,12 @@ def write(res: dict[str, Any], latencies: dict[str, dict[int, dict[str, list[flo
 
 
 async def main(args: argparse.Namespace) -> int:
-    env_file = ROOT / ".stack" / "env"
-    if not env_file.exists():
+    stack_dir = ROOT / ".stack"
+    if not (stack_dir / "env").exists():
         print("the local stack is not up (.stack/env missing): run `make stack-up`", file=sys.stderr)
         return 2
-    env = read_env(env_file)
+    stack = Stack.read(stack_dir)
+    env = dict(stack.env)
     artifacts = ROOT / ".stack" / "bench-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -193,7 +195,7 @@ async def main(args: argparse.Namespace) -> int:
             sizes=parse_sizes(args.sizes), repeats=parse_repeats(args.repeats), concurrency=args.concurrency,
             profile=pathlib.Path(args.profile).resolve() if args.profile else None, variant=args.variant,
         )
-        cp = ControlPlane(env, cfg, artifacts)
+        cp = ControlPlane(stack, cfg, artifacts)
         failed: BaseException | None = None
         try:
             await cp.setup()

@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +44,9 @@ from avatar_operator.build import secret
 from avatar_operator.build import token as tokens
 
 from bench import stats
-from bench.kubeapi import ApiError, Kube
+from bench.kubeapi import ApiError, BenchKube
 from bench.procs import BITHUMAN_SECRET, ROOT, FakeAPI, Operator, StackCPU
+from tests.harness.stack import Stack
 
 BENCH_LABEL = "avatar-operator.dev/bench"
 RUN_ID = uuid.uuid4().hex[:4]
@@ -99,7 +100,7 @@ def session_manifest(mode: str, ns: str, name: str) -> dict[str, Any]:
     }
 
 
-def secret(ns: str, name: str, data: dict[str, str]) -> dict[str, Any]:
+def credentials_secret(ns: str, name: str, data: dict[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
@@ -189,10 +190,10 @@ class Config:
 
 @dataclass
 class ControlPlane:
-    stack_env: dict[str, str]
+    stack: Stack
     cfg: Config
     artifacts: pathlib.Path
-    kube: Kube = field(init=False)
+    kube: BenchKube = field(init=False)
     fake: FakeAPI | None = None
     nodes: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
@@ -201,19 +202,23 @@ class ControlPlane:
     partial: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def stack_env(self) -> Mapping[str, str]:
+        return self.stack.env
+
+    @property
     def kubeconfig(self) -> str:
-        return self.stack_env["KUBECONFIG"]
+        return self.stack.kubeconfig
 
     # -- setup and teardown ----------------------------------------------------
 
     async def setup(self) -> None:
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        self.kube = await Kube(self.kubeconfig, pool=self.cfg.concurrency + 8).__aenter__()
+        self.kube = BenchKube(self.kubeconfig, pool=self.cfg.concurrency + 8)
         crd = await self.kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/avatarsessions.{names.GROUP}")
         if crd is None:
             raise RuntimeError("the AvatarSession CRD is not installed: run `make stack-up` (it applies crds/)")
         self.fake = FakeAPI(self.artifacts / "fake-bithuman.log")
-        self.stack_cpu = StackCPU(pathlib.Path(self.kubeconfig).parent)
+        self.stack_cpu = StackCPU(self.stack.dir)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.cfg.concurrency))
         await self.add_nodes()
 
@@ -262,7 +267,7 @@ class ControlPlane:
             await self.http.close()
         if self.fake is not None:
             self.fake.stop()
-        await self.kube.__aexit__(None, None, None)
+        await self.kube.close()
 
     async def new_namespace(self, name: str, credentials: bool) -> str:
         await self.kube.create({
@@ -281,8 +286,8 @@ class ControlPlane:
             await asyncio.sleep(0.1)
         if credentials:
             env = self.stack_env
-            await self.kube.create(secret(name, "livekit-credentials", {"LIVEKIT_API_KEY": env["LIVEKIT_API_KEY"], "LIVEKIT_API_SECRET": env["LIVEKIT_API_SECRET"]}))
-            await self.kube.create(secret(name, "bithuman-credentials", {"BITHUMAN_API_SECRET": BITHUMAN_SECRET}))
+            await self.kube.create(credentials_secret(name, "livekit-credentials", {"LIVEKIT_API_KEY": env["LIVEKIT_API_KEY"], "LIVEKIT_API_SECRET": env["LIVEKIT_API_SECRET"]}))
+            await self.kube.create(credentials_secret(name, "bithuman-credentials", {"BITHUMAN_API_SECRET": BITHUMAN_SECRET}))
         return name
 
     async def delete_sessions(self, ns: str, timeout: float = 300.0) -> float:
@@ -351,7 +356,7 @@ class ControlPlane:
         if self.cfg.profile is not None:
             self.cfg.profile.mkdir(parents=True, exist_ok=True)
             profile = self.cfg.profile / f"operator-{tag}"
-        return Operator(self.stack_env, self.fake, f"{OP_PREFIX}*", self.artifacts / f"operator-{tag}.log", profile_out=profile, variant=variant)
+        return Operator(self.stack, self.fake, f"{OP_PREFIX}*", self.artifacts / f"operator-{tag}.log", profile_out=profile, variant=variant)
 
     async def operator_run(self, mode: str, n: int, rep: int, *, idle: bool = False, variant: str | None = None) -> dict[str, Any]:
         tag = f"{mode}-{n}-{rep}" + ("-variant" if variant else "")
@@ -367,20 +372,20 @@ class ControlPlane:
             cpu0, rss0 = op.cpu_s(), op.rss_mb()
             assert self.stack_cpu is not None
             stack0 = self.stack_cpu.sample()
-            names = [f"s{i:04d}" for i in range(n)]
+            session_names = [f"s{i:04d}" for i in range(n)]
             t_begin = time.monotonic()
-            t0 = await self.burst(n, lambda i: self.kube.create(session_manifest(mode, ns, names[i])))
+            t0 = await self.burst(n, lambda i: self.kube.create(session_manifest(mode, ns, session_names[i])))
             t_created = time.monotonic()
-            missing = await w.wait_all([("s", x) for x in names], ("Starting", "Running"), self.cfg.timeout_s, alive=op.alive)
+            missing = await w.wait_all([("s", x) for x in session_names], ("Starting", "Running"), self.cfg.timeout_s, alive=op.alive)
             if mode != "cloud":
-                missing += await w.wait_all([("p", f"{x}-runner") for x in names], ("Running",), 60)
+                missing += await w.wait_all([("p", f"{x}-runner") for x in session_names], ("Running",), 60)
             cpu1 = op.cpu_s()
             stack1 = self.stack_cpu.sample()
-            starting = {x: w.seen("s", x, "Starting") for x in names}
-            lat = [starting[x] - t0[i] for i, x in enumerate(names) if starting[x] is not None]
-            pending = [w.seen("s", x, "Pending") for x in names]
+            starting = {x: w.seen("s", x, "Starting") for x in session_names}
+            lat = [starting[x] - t0[i] for i, x in enumerate(session_names) if starting[x] is not None]
+            pending = [w.seen("s", x, "Pending") for x in session_names]
             first_write = [p - t0[i] for i, p in enumerate(pending) if p is not None]
-            failed = sum(1 for x in names if w.seen("s", x, "Failed") is not None)
+            failed = sum(1 for x in session_names if w.seen("s", x, "Failed") is not None)
             t_last = max((v for v in starting.values() if v is not None), default=float("nan"))
             result: dict[str, Any] = {
                 "n": n, **stats.summary_ms(lat),
@@ -393,8 +398,8 @@ class ControlPlane:
                 "stack_cpu_ms_per_session": StackCPU.per_session(stack0, stack1, n),
             }
             if mode != "cloud":
-                bound = [w.seen("p", f"{x}-runner", "bound") for x in names]
-                running = [w.seen("p", f"{x}-runner", "Running") for x in names]
+                bound = [w.seen("p", f"{x}-runner", "bound") for x in session_names]
+                running = [w.seen("p", f"{x}-runner", "Running") for x in session_names]
                 lat_run = [r - t0[i] for i, r in enumerate(running) if r is not None]
                 lat_bound = [b - t0[i] for i, b in enumerate(bound) if b is not None]
                 result["pod_bound"] = stats.summary_ms(lat_bound)
@@ -417,7 +422,7 @@ class ControlPlane:
                     "threads": op.threads(),
                 }
             await w.stop()
-            writes = [w.writes.get(x, 0) for x in names]
+            writes = [w.writes.get(x, 0) for x in session_names]
             result["session_writes_per_session"] = round(sum(writes) / n, 2)
             events = (await self.kube.get(f"/api/v1/namespaces/{ns}/events", limit=20000))["items"]
             mine = [e for e in events if not e["involvedObject"].get("name", "").startswith("warmup")]
@@ -452,9 +457,9 @@ class ControlPlane:
         ns = await self.new_namespace(f"{BL_PREFIX}{mode}-{n}-{rep}", credentials=False)
         settings = settings_mod.Settings.from_env({"AVATAR_RUNNER_IMAGE": "registry.invalid/avatar-runner:bench"})
         defaults = manifests.RunnerDefaults(image=settings.runner.image, renderer=settings.runner.renderer, cpu=settings.runner.cpu, memory=settings.runner.memory)
-        names = [f"s{i:04d}" for i in range(n)]
+        session_names = [f"s{i:04d}" for i in range(n)]
         objs = []
-        for x in names:
+        for x in session_names:
             body = session_manifest(mode, ns, x)
             spec = spec_mod.parse_spec(body)
             ref = names.SessionRef(name=x, namespace=ns, uid=str(uuid.uuid4()))
@@ -473,10 +478,10 @@ class ControlPlane:
         stack0 = self.stack_cpu.sample()
         t_begin = time.monotonic()
         t0 = await self.burst(n, one)
-        missing = await w.wait_all([("p", f"{x}-runner") for x in names], ("Running",), self.cfg.timeout_s)
+        missing = await w.wait_all([("p", f"{x}-runner") for x in session_names], ("Running",), self.cfg.timeout_s)
         stack1 = self.stack_cpu.sample()
-        bound = [w.seen("p", f"{x}-runner", "bound") for x in names]
-        running = [w.seen("p", f"{x}-runner", "Running") for x in names]
+        bound = [w.seen("p", f"{x}-runner", "bound") for x in session_names]
+        running = [w.seen("p", f"{x}-runner", "Running") for x in session_names]
         lat_bound = [b - t0[i] for i, b in enumerate(bound) if b is not None]
         lat_run = [r - t0[i] for i, r in enumerate(running) if r is not None]
         t_last_bound = max((b for b in bound if b is not None), default=float("nan"))

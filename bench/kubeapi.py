@@ -1,123 +1,99 @@
-"""A small async Kubernetes REST client for the benchmark's own traffic.
+"""The bench's own Kubernetes traffic, on the operator's client.
 
-The benchmark's load generator must cost as little as possible on a shared
-2-core box, so it speaks JSON over one aiohttp connection pool instead of the
-official client's model (de)serialisation. Only what the bench needs.
+Every request goes through avatar_operator.clients.kube.Kube, the client the
+operator itself uses (JSON over one aiohttp pool, the wait on a 429 with
+Retry-After), so the load generator costs what the operator's calls cost and
+no second client has to be kept in step. This layer adds only what the
+operator never asks for: any object by its manifest (cluster-scoped ones
+too), query parameters, 404 answered as None, and a watch stream.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
-import kubernetes
+from avatar_operator.clients import kube
+from avatar_operator.clients.kube import ApiError
+
+__all__ = ["ApiError", "BenchKube", "path_for"]
+
+PLURALS = {"Pod": "pods", "Secret": "secrets", "Namespace": "namespaces", "Node": "nodes", "Event": "events"}
+CLUSTER_SCOPED = ("Namespace", "Node")
+WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:300]}")
-        self.status = status
-
-
-def _config(kubeconfig: str) -> kubernetes.client.Configuration:
-    cfg = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    return cfg
-
-
-def path_for(obj: Mapping[str, Any], *, name: str | None = None, sub: str = "") -> str:
+def path_for(obj: Mapping[str, Any], *, name: str | None = None) -> str:
     """The REST path of an object's collection (or of `name` in it)."""
-    api_version = str(obj["apiVersion"])
+    group, _, version = str(obj["apiVersion"]).rpartition("/")
     kind = str(obj["kind"])
-    plural = {"Pod": "pods", "Secret": "secrets", "Namespace": "namespaces", "Node": "nodes", "Event": "events"}.get(
-        kind, kind.lower() + "s"
-    )
-    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    plural = PLURALS.get(kind, kind.lower() + "s")
     ns = (obj.get("metadata") or {}).get("namespace")
-    p = f"{base}/namespaces/{ns}/{plural}" if ns and kind not in ("Namespace", "Node") else f"{base}/{plural}"
-    if name:
-        p += f"/{name}"
-    if sub:
-        p += f"/{sub}"
-    return p
+    if ns and kind not in CLUSTER_SCOPED:
+        return kube.path(plural, ns, name, group=group, version=version)
+    prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    return f"{prefix}/{plural}" + (f"/{name}" if name else "")
 
 
-class Kube:
+class BenchKube:
+    """The operator's `Kube` on a kubeconfig, plus the bench's manifests, queries and watches."""
+
     def __init__(self, kubeconfig: str, *, pool: int = 64) -> None:
-        cfg = _config(kubeconfig)
-        self.host = cfg.host.rstrip("/")
-        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-        if cfg.cert_file:
-            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-        self._ssl = ctx
-        self._pool = pool
-        self._session: aiohttp.ClientSession | None = None
+        self.config, self.tls = kube.load_config(kubeconfig)
+        self.kube = kube.Kube(self.config, self.tls, pool=pool)
+        self._watches: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> Kube:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._pool),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        )
+    async def __aenter__(self) -> BenchKube:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.close()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None
-        return self._session
+    async def close(self) -> None:
+        await self.kube.close()
+        if self._watches is not None:
+            await self._watches.close()
+            self._watches = None
 
     async def request(
         self, method: str, path: str, body: Any = None, *, content_type: str = "application/json", ok404: bool = False, **params: Any
     ) -> Any:
-        data = None if body is None else json.dumps(body)
-        for _ in range(10):
-            async with self.session.request(
-                method, self.host + path, data=data, params={k: str(v) for k, v in params.items()} or None,
-                headers={"Content-Type": content_type, "Accept": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=120),
-            ) as r:
-                text = await r.text()
-            # A fresh stack answers 429 "storage is (re)initializing" for a
-            # moment after a CRD appears: wait as told, as client-go does.
-            if r.status != 429 or "Retry-After" not in r.headers:
-                break
-            await asyncio.sleep(min(float(r.headers["Retry-After"]), 10.0))
-        if r.status == 404 and ok404:
-            return None
-        if r.status >= 400:
-            raise ApiError(r.status, text)
-        return json.loads(text) if text else None
+        """The decoded answer; None for a 404 when `ok404`; ApiError for any other error."""
+        if params:
+            path += "?" + urllib.parse.urlencode({k: str(v) for k, v in params.items()})
+        status, obj = await self.kube.request(method, path, body, answers=(404,) if ok404 else (), content_type=content_type)
+        return None if status == 404 else obj
 
     async def create(self, obj: Mapping[str, Any]) -> Any:
         return await self.request("POST", path_for(obj), obj)
 
-    async def delete(self, obj: Mapping[str, Any], **params: Any) -> Any:
-        return await self.request("DELETE", path_for(obj, name=obj["metadata"]["name"]), ok404=True, **params)
+    async def delete(self, obj: Mapping[str, Any]) -> Any:
+        return await self.request("DELETE", path_for(obj, name=obj["metadata"]["name"]), ok404=True)
 
     async def get(self, path: str, **params: Any) -> Any:
         return await self.request("GET", path, ok404=True, **params)
 
     async def merge_patch(self, path: str, patch: Any) -> Any:
-        return await self.request("PATCH", path, patch, content_type="application/merge-patch+json")
-
-    async def json_patch(self, path: str, patch: Any) -> Any:
-        return await self.request("PATCH", path, patch, content_type="application/json-patch+json")
+        return await self.request("PATCH", path, patch, content_type=kube.MERGE_PATCH)
 
     async def watch(self, path: str, resource_version: str) -> AsyncIterator[dict[str, Any]]:
-        """Watch events from resource_version on, until the server ends the stream."""
+        """Watch events from resource_version on, until the server ends the stream.
+
+        On a connection of its own, with no time limit on the stream (the
+        operator's client bounds every request and reads each answer whole)."""
+        if self._watches is None or self._watches.closed:
+            self._watches = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.tls), timeout=WATCH_TIMEOUT)
         params = {"watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true", "timeoutSeconds": "1800"}
-        async with self.session.get(
-            self.host + path, params=params, timeout=aiohttp.ClientTimeout(total=None, sock_read=None)
-        ) as r:
+        headers = {"Accept": "application/json"}
+        token = self.config.auth_settings().get("BearerToken")
+        if token and token["value"]:
+            headers["Authorization"] = str(token["value"])
+        async with self._watches.get(self.config.host + path, params=params, headers=headers) as r:
             if r.status >= 400:
-                raise ApiError(r.status, await r.text())
+                raise ApiError("GET", path, r.status, await r.text())
             buf = b""
             async for chunk in r.content.iter_any():
                 buf += chunk

@@ -1,103 +1,60 @@
-"""The processes the control-plane bench starts: the fake bitHuman API and the operator."""
+"""The processes the control-plane bench starts: the fake bitHuman API and the operator.
+
+Both are the test suites' own (tests.fakes.process, tests.harness.operator_process).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import signal
-import subprocess
 import sys
-import time
-from collections.abc import Mapping
 from typing import Any
 
 import psutil
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.fakes.process import FakeProcess
+from tests.harness.operator_process import OPERATOR, OperatorProcess, operator_env
+from tests.harness.stack import ROOT, Stack
+
+__all__ = ["BITHUMAN_SECRET", "ROOT", "FakeAPI", "Operator", "StackCPU", "run_main"]
+
 BITHUMAN_SECRET = "bench-bh-secret-" + os.urandom(8).hex()
+BITHUMAN_TOKEN = "bench-bh-token-" + os.urandom(8).hex()
 
 
-def read_env(path: pathlib.Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value.strip().strip("'\"")
-    return env
-
-
-class FakeAPI:
+class FakeAPI(FakeProcess):
     """tests.fakes.bithuman_api as a process: answers at once (nothing scripted)."""
 
     def __init__(self, log: pathlib.Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes.bithuman_api", "--port", "0", "--api-secret", BITHUMAN_SECRET],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the fake bitHuman API did not start; see {log}")
-        self.urls: dict[str, str] = json.loads(line)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
+        super().__init__("tests.fakes.bithuman_api", log, api_secret=BITHUMAN_SECRET, api_token=BITHUMAN_TOKEN)
 
 
-def stop_process(proc: subprocess.Popen[Any], grace: float = 30.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
-class Operator:
-    """`avatar-operator run` as a process watching only `namespace_glob`; optionally under cProfile."""
+class Operator(OperatorProcess):
+    """`avatar-operator run` as a process watching only `namespace_glob`, started at
+    once; optionally under bench.opprofile, or with bench.opvariant's patches."""
 
     def __init__(
-        self, stack_env: Mapping[str, str], fake: FakeAPI, namespace_glob: str, log: pathlib.Path,
+        self, stack: Stack, fake: FakeAPI, namespace_glob: str, log: pathlib.Path,
         profile_out: pathlib.Path | None = None, variant: str | None = None,
     ) -> None:
-        env = dict(os.environ)
-        env.update(stack_env)
-        env["PATH"] = f"{stack_env.get('AVATAR_STACK_BIN', '')}{os.pathsep}{env.get('PATH', '')}"
-        env.update(
-            {
-                "AVATAR_LIVEKIT_URL": stack_env["LIVEKIT_URL"],
-                "AVATAR_BITHUMAN_API_URL": fake.urls["url"],
-                "AVATAR_BITHUMAN_MINT_URL": fake.urls["mint_url"],
-                "AVATAR_RUNNER_IMAGE": "registry.invalid/avatar-runner:bench",
-                "AVATAR_CLEANUP_TIMEOUT": "3",
-            }
-        )
-        for k in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
-            env.pop(k, None)  # sessions read LiveKit credentials from their namespace's Secret
-        args = ["run", "--standalone", "--namespace", namespace_glob, "--liveness", "http://127.0.0.1:0/healthz"]
-        if variant:
-            env["BENCH_VARIANT"] = variant
+        env = operator_env(
+            stack.process_env(),
+            livekit_url=stack.livekit_url,
+            fake_urls=fake.urls,
+            runner_image="registry.invalid/avatar-runner:bench",
             # Profiled too when asked: opprofile applies the variant first.
+            extra={"BENCH_VARIANT": variant} if variant else None,
+        )
         if profile_out is not None:
-            argv = [sys.executable, "-m", "bench.opprofile", str(profile_out), *args]
+            command: tuple[str, ...] = (sys.executable, "-m", "bench.opprofile", str(profile_out))
         elif variant:
-            argv = [sys.executable, "-m", "bench.opvariant", *args]
+            command = (sys.executable, "-m", "bench.opvariant")
         else:
-            argv = [sys.executable, "-m", "avatar_operator", *args]
-        self.log = log
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.ps = psutil.Process(self.proc.pid)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+            command = OPERATOR
+        super().__init__(env, log, [namespace_glob], command=command, stop_grace=60.0)
+        self.start()
+        self.ps = psutil.Process(self.pid)
 
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
@@ -107,20 +64,13 @@ class Operator:
         return self.ps.memory_info().rss / 2**20
 
     def peak_rss_mb(self) -> float:
-        for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in pathlib.Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            os.kill(self.proc.pid, sig)
-
     def threads(self) -> int:
         return self.ps.num_threads()
-
-    def stop(self) -> None:
-        stop_process(self.proc, grace=60.0)
 
 
 class StackCPU:
@@ -150,16 +100,6 @@ class StackCPU:
     @staticmethod
     def per_session(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
         return {k: round(1000 * (after[k] - before[k]) / n, 2) for k in after if k in before}
-
-
-def wait_until(what: str, check: Any, timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = check()
-        if v:
-            return v
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def run_main(coro: Any) -> Any:

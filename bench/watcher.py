@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from bench.kubeapi import Kube
+from bench.kubeapi import BenchKube
 
 SESSIONS = "/apis/avatar-operator.dev/v1alpha1/namespaces/{ns}/avatarsessions"
 PODS = "/api/v1/namespaces/{ns}/pods"
@@ -31,7 +31,7 @@ def out(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def follow(kube: Kube, path: str, kind: str, opened: asyncio.Event, writes: Counter[str]) -> None:
+async def follow(kube: BenchKube, path: str, kind: str, opened: asyncio.Event, writes: Counter[str]) -> None:
     seen: dict[str, set[str]] = {}
 
     def handle(etype: str, obj: dict[str, Any], t: float) -> None:
@@ -86,7 +86,7 @@ async def main(kubeconfig: str, namespace: str) -> None:
     loop = asyncio.get_running_loop()
     for s in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(s, stop.set)
-    async with Kube(kubeconfig, pool=4) as kube:
+    async with BenchKube(kubeconfig, pool=4) as kube:
         opened = [asyncio.Event(), asyncio.Event()]
         tasks = [
             asyncio.create_task(follow(kube, SESSIONS.format(ns=namespace), "s", opened[0], writes)),
