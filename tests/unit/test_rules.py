@@ -392,3 +392,23 @@ def test_an_unknown_field_is_refused_even_when_null_as_the_apiserver_refuses_it(
         assert [p.field for p in problems] == [field] and "unknown field" in problems[0].message
     # A null known field is a missing one, as the apiserver treats it.
     assert rules.validate({"spec": {**base, "avatarParticipant": {"identity": None}, "maxDuration": None}}) == []
+
+
+def test_every_spec_field_says_whether_it_may_change() -> None:
+    from avatar_operator.api import spec as spec_mod
+
+    unmarked = [n for n, f in spec_mod.AvatarSessionSpec.model_fields.items() if spec_mod.mutability(f) is None]
+    assert not unmarked, f"mark these fields IMMUTABLE or MUTABLE in api/spec.py: {unmarked}"
+
+
+def test_the_transition_rules_are_the_immutable_fields_exactly() -> None:
+    from avatar_operator.api import spec as spec_mod
+
+    immutable = {
+        f"spec.{f.alias or n}"
+        for n, f in spec_mod.AvatarSessionSpec.model_fields.items()
+        if spec_mod.mutability(f) is spec_mod.Mutability.IMMUTABLE
+    }
+    assert {r.field for r in rules.TRANSITION_RULES} == immutable
+    assert set(rules.MUTABLE_FIELDS) == {"spec.connection", "spec.maxDuration"}
+    assert immutable.isdisjoint(rules.MUTABLE_FIELDS)
