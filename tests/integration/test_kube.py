@@ -1,4 +1,4 @@
-"""The operator's Kubernetes calls (avatar_operator.clients.kube) against the real kube-apiserver."""
+"""The operator's Kubernetes client (avatar_operator.clients.kube.Kube) against the real kube-apiserver."""
 
 from __future__ import annotations
 
@@ -17,42 +17,43 @@ pytestmark = pytest.mark.stack
 
 
 @pytest.fixture
-async def admin(stack: Stack) -> AsyncIterator[None]:
-    kube.configure(stack.kubeconfig)
-    yield
-    await kube.close()
+async def admin(stack: Stack) -> AsyncIterator[kube.Kube]:
+    """The client as the stack's admin (its kubeconfig's client certificate)."""
+    client = kube.Kube.from_kubeconfig(stack.kubeconfig)
+    yield client
+    await client.close()
 
 
-async def test_create_read_delete_answer_as_documented(stack: Stack, namespace: str, admin: None) -> None:
+async def test_create_read_delete_answer_as_documented(stack: Stack, namespace: str, admin: kube.Kube) -> None:
     ns = namespace
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": ns}, "data": {"k": base64.b64encode(b"v\n\x00").decode()}}
-    assert await kube.create(secret) is True
-    assert await kube.create(secret) is False  # 409: already there
-    assert await kube.read_secret(ns, "s") == {"k": "v\n\x00"}
-    assert await kube.read_secret_key(ns, "s", "k") == b"v\n\x00"
-    assert await kube.read_secret_key(ns, "s", "other") is None
-    assert await kube.read_secret(ns, "absent") is None
+    assert await admin.create(secret) is True
+    assert await admin.create(secret) is False  # 409: already there
+    assert await admin.read_secret(ns, "s") == {"k": "v\n\x00"}
+    assert await admin.read_secret_key(ns, "s", "k") == b"v\n\x00"
+    assert await admin.read_secret_key(ns, "s", "other") is None
+    assert await admin.read_secret(ns, "absent") is None
     stack.kubectl("create", "configmap", "cm", "-n", ns, "--from-literal=text=hello")
-    assert await kube.read_config_map_key(ns, "cm", "text") == b"hello"
-    assert await kube.read_config_map_key(ns, "cm", "nope") is None
-    assert await kube.read_config_map_key(ns, "absent", "text") is None
-    assert await kube.read_pod(ns, "absent") is None
-    await kube.delete("Secret", ns, "s")
-    await kube.delete("Secret", ns, "s")  # gone already is fine
-    assert await kube.patch_status(ns, "no-such-session", {"phase": "Pending"}) is False
+    assert await admin.read_config_map_key(ns, "cm", "text") == b"hello"
+    assert await admin.read_config_map_key(ns, "cm", "nope") is None
+    assert await admin.read_config_map_key(ns, "absent", "text") is None
+    assert await admin.read_pod(ns, "absent") is None
+    await admin.delete("Secret", ns, "s")
+    await admin.delete("Secret", ns, "s")  # gone already is fine
+    assert await admin.patch_status(ns, "no-such-session", {"phase": "Pending"}) is False
     with pytest.raises(kube.ApiError) as e:
-        await kube.create({**secret, "metadata": {"name": "s", "namespace": f"{ns}-absent"}})
+        await admin.create({**secret, "metadata": {"name": "s", "namespace": f"{ns}-absent"}})
     assert e.value.status == 404 and f"/namespaces/{ns}-absent/secrets" in str(e.value)
 
 
-async def test_a_secret_read_within_the_ttl_is_shared(stack: Stack, namespace: str, admin: None) -> None:
+async def test_a_secret_read_within_the_ttl_is_shared(stack: Stack, namespace: str, admin: kube.Kube) -> None:
     ns = namespace
     stack.kubectl("apply", "-n", ns, "-f", "-", input=secret_manifest("shared", {"K": "one"}))
-    assert await kube.read_secret(ns, "shared") == {"K": "one"}
+    assert await admin.read_secret(ns, "shared") == {"K": "one"}
     stack.kubectl("apply", "-n", ns, "-f", "-", input=secret_manifest("shared", {"K": "two"}))
-    assert await kube.read_secret(ns, "shared") == {"K": "one"}  # within SECRET_READ_TTL_S
-    kube._secret_reads.clear()  # as when the TTL has passed
-    assert await kube.read_secret(ns, "shared") == {"K": "two"}
+    assert await admin.read_secret(ns, "shared") == {"K": "one"}  # within SECRET_READ_TTL_S
+    admin._secret_reads.clear()  # as when the TTL has passed
+    assert await admin.read_secret(ns, "shared") == {"K": "two"}
 
 
 async def test_a_service_account_token_authenticates_and_rbac_applies(stack: Stack, namespace: str, tmp_path: pathlib.Path) -> None:
@@ -73,11 +74,11 @@ async def test_a_service_account_token_authenticates_and_rbac_applies(stack: Sta
     }
     path = tmp_path / "kubeconfig"
     path.write_text(json.dumps(config))
-    kube.configure(str(path))
+    reader = kube.Kube.from_kubeconfig(str(path))
     try:
-        assert await kube.read_secret(ns, "creds") == {"K": "v"}
+        assert await reader.read_secret(ns, "creds") == {"K": "v"}
         with pytest.raises(kube.ApiError) as e:
-            await kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": ns}})
+            await reader.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": ns}})
         assert e.value.status == 403
     finally:
-        await kube.close()
+        await reader.close()
