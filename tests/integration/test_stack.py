@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 
 import pytest
 from livekit import api, rtc
 
 from tests.conftest import Stack
+from tests.harness.polling import wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -59,17 +59,6 @@ def restricted_pod(name: str, gpus: int) -> dict[str, object]:
             ],
         },
     }
-
-
-def wait_until(what: str, check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def test_apiserver_ready(stack: Stack) -> None:
