@@ -417,15 +417,9 @@ async def test_invalid_spec_fails_naming_the_field_and_starts_nothing(spec: dict
     assert h.launcher.started == [] and h.kube.created == [] and h.kube.secret_reads == [] and h.rooms.asked == []
 
 
-# --- bugs found while writing these (strict xfail: they pass once fixed) ---------
+# --- bugs found while writing these, fixed: each test failed before its fix ------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="maxDuration is enforced only in room_watch: a session still waiting for credentials at its deadline "
-    "is not ended, and when the Secret appears after the deadline the worker first creates the token Secret and "
-    "starts a runner (cloud mode: sends the bitHuman request) and only then ends it MaxDurationReached",
-)
 async def test_max_duration_ends_a_session_still_waiting_for_credentials() -> None:
     h = Harness.make(local_spec(maxDuration=30), secrets=False)
     h.kube.secrets[(NAMESPACE, BITHUMAN_SECRET)] = dict(BITHUMAN_DATA)
@@ -438,12 +432,6 @@ async def test_max_duration_ends_a_session_still_waiting_for_credentials() -> No
     assert h.launcher.started == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="local_mode._look_once: after a restart with status.runnerPod set, a pod that is gone (read_pod None) "
-    "is ignored; the pod watch never reports a deletion that happened while the operator was down, so the "
-    "session stays Starting forever instead of failing 'the runner pod was deleted' (or starting it again)",
-)
 async def test_restart_finding_the_recorded_runner_pod_gone_does_not_wait_forever() -> None:
     status = prior(
         "Starting",
@@ -460,12 +448,6 @@ async def test_restart_finding_the_recorded_runner_pod_gone_does_not_wait_foreve
     assert h.kube.terminal() is not None or h.launcher.started
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="room_watch.poll_room: LiveKit unreachable sets Ready=False, and the next PUBLISHING answer is taken "
-    "for a first Ready: readyTime ('when the avatar first published video') is overwritten and a second "
-    "AvatarPublishing event is posted",
-)
 async def test_a_livekit_outage_keeps_the_first_ready_time() -> None:
     h = ready(local())
     h.clock.at(20, h.room.fail)
@@ -478,12 +460,6 @@ async def test_a_livekit_outage_keeps_the_first_ready_time() -> None:
     assert h.events.reasons().count("AvatarPublishing") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cloud_mode._send calls bithuman.send without the injected clock: the retry interval is slept with "
-    "asyncio.sleep on the real clock, so ctx.stopped and maxDuration are not looked at between attempts and "
-    "the interval cannot be simulated",
-)
 async def test_cloud_retries_wait_on_the_injected_clock(bithuman_api: FakeBithumanAPI, http: aiohttp.ClientSession) -> None:
     bithuman_api.script([{"status": 503}, {}])
     h = Harness.make(

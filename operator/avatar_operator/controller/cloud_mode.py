@@ -139,7 +139,11 @@ async def _send(
         message = f"attempt {n} of {of} sent to the bitHuman API"
         await ctx.record(phase=Phase.PENDING, changes=(Change(Cond.CLOUD_REQUEST_ACCEPTED, False, Reason.REQUEST_SENT, message),), attempts=n)
 
-    result = await bithuman.send(ctx.clients.http, request, lambda: retry_policy(ctx), on_attempt=on_attempt)
+    async def sleep(seconds: float) -> None:
+        if await ctx.clients.clock.wait(ctx.stopped, seconds):
+            raise context.Ended  # deleted between two attempts: send no more
+
+    result = await bithuman.send(ctx.clients.http, request, lambda: retry_policy(ctx), sleep=sleep, on_attempt=on_attempt)
     outcome = result.outcome
     if isinstance(outcome, bithuman.Accepted):
         await ctx.record(

@@ -60,8 +60,9 @@ async def _look_once(ctx: context.SessionContext, pod_name: str) -> None:
     """After a restart the pod watch may not have spoken yet: look once."""
     if ctx.mailbox.pod is None:
         pod_obj = await ctx.clients.kube.read_pod(ctx.ref.namespace, pod_name)
-        if pod_obj is not None and ctx.mailbox.pod is None:
-            ctx.mailbox.pod = pod_obj
+        if ctx.mailbox.pod is None and not ctx.mailbox.pod_deleted:
+            # Gone while the operator was down: the same fact as a deletion seen live.
+            ctx.mailbox.post_pod(pod_obj)
 
 
 async def follow_pod(ctx: context.SessionContext, identity: str) -> None:

@@ -59,8 +59,9 @@ async def poll_room(
         await ctx.record(
             phase=Phase.RUNNING,
             changes=(Change(Cond.READY, True, Reason.AVATAR_PUBLISHING, f"avatar {identity!r} is in room {spec.room!r} publishing video"),),
-            event=(Reason.AVATAR_PUBLISHING, f"avatar {identity!r} is publishing video in room {spec.room!r}"),
-            ready_time=ctx.now(),
+            # Once: after a LiveKit outage Ready comes back without news for a person.
+            event=None if ctx.status.ready_time else (Reason.AVATAR_PUBLISHING, f"avatar {identity!r} is publishing video in room {spec.room!r}"),
+            ready_time=ctx.status.ready_time or ctx.now(),
         )
     elif verdict is Verdict.LEFT:
         await ctx.succeed(Reason.AVATAR_LEFT, f"avatar {identity!r} left room {spec.room!r}")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from avatar_operator.api import rules
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
-from avatar_operator.controller import cloud_mode, context, credentials, local_mode, ports, room_watch
+from avatar_operator.controller import cloud_mode, context, credentials, decisions, local_mode, room_watch
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -36,6 +36,7 @@ async def run(ctx: context.SessionContext) -> None:
     try:
         spec = await accept(ctx)
         lk, bh = await await_credentials(ctx, spec)
+        await end_if_past_deadline(ctx)
         if spec.mode == spec_mod.Mode.LOCAL:
             await local_mode.start(ctx, spec, lk, bh)
         else:
@@ -80,6 +81,14 @@ async def accept(ctx: context.SessionContext) -> spec_mod.AvatarSessionSpec:
     return spec
 
 
+async def end_if_past_deadline(ctx: context.SessionContext) -> None:
+    """A session whose maxDuration ran out while it waited (for Secrets, say) starts nothing."""
+    live = ctx.live_spec()
+    left = decisions.seconds_until(decisions.deadline(ctx.status.start_time, live.max_duration), ctx.clients.clock.now())
+    if left is not None and left <= 0 and not ctx.status.runner_pod and ctx.status.cloud_request is None:
+        await ctx.succeed(Reason.MAX_DURATION_REACHED, f"maxDuration of {live.max_duration}s reached before the avatar was started")
+
+
 def secret_names(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec) -> set[str]:
     """The Secrets a session's credentials may come from: its own, and the operator's defaults."""
     named = (
@@ -115,8 +124,10 @@ async def await_credentials(
                     event=(e.reason, e.message),
                     warning=True,
                 )
-            if await ctx.clients.clock.wait(ctx.stopped, delay):
+            left = decisions.seconds_until(decisions.deadline(ctx.status.start_time, ctx.live_spec().max_duration), ctx.clients.clock.now())
+            if await ctx.clients.clock.wait(ctx.stopped, delay if left is None else max(0.0, min(delay, left))):
                 raise context.Ended from None
+            await end_if_past_deadline(ctx)
             delay = min(delay * 2, CREDENTIALS_MAX_WAIT_S)
             continue
         await _credentials_found(ctx)
