@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from avatar_operator.api import crd, names, rules
+from avatar_operator.api import crd, names, rules, validation
 
 
 class _KubectlLoader(yaml.SafeLoader):
@@ -69,7 +69,7 @@ def _problems(obj: Mapping[str, Any]) -> list[rules.Problem]:
     meta = obj.get("metadata")
     if not isinstance(meta, Mapping) or not (meta.get("name") or meta.get("generateName")):
         problems.append(rules.Problem("metadata.name", "required field is missing"))
-    return problems + rules.validate(obj)
+    return problems + validation.validate(obj)
 
 
 def validate_files(paths: Sequence[str], out: TextIO, err: TextIO) -> int:

@@ -14,7 +14,7 @@ from typing import Any, cast
 import kubernetes
 import pytest
 import yaml
-from avatar_operator.api import crd, names, rules, spec
+from avatar_operator.api import crd, names, spec, validation
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -241,7 +241,7 @@ def manifests(draw: st.DrawFn) -> dict[str, Any]:
 @given(obj=manifests())
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 def test_offline_validator_and_apiserver_agree(ns: str, objects: kubernetes.client.CustomObjectsApi, obj: dict[str, Any]) -> None:
-    problems = rules.validate(obj)
+    problems = validation.validate(obj)
     stored, refusal = dry_run_create(objects, ns, obj)
     event("accepted" if stored is not None else "refused")
     assert (stored is not None) == (not problems), f"apiserver: {refusal or 'accepted'}; validate: {problems}"

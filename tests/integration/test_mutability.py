@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 import pytest
-
 from avatar_operator.api import rules
+
 from tests.conftest import Stack
 from tests.integration.conftest import FakeAPI, Operator, get_json, wait_for
 from tests.integration.test_operator import LOCAL_GPU, condition, session, status

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from avatar_operator import cli
-from avatar_operator.api import rules
+from avatar_operator.api import validation
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
@@ -162,7 +162,7 @@ def test_generated_specs_through_apiserver_and_operator(stack: Stack, kube: Kube
             def through_apiserver(spec: Any) -> None:
                 name = f"h{next(counter):04d}"
                 obj = manifest(name, spec)
-                offline = rules.validate(obj)
+                offline = validation.validate(obj)
                 sc.op("apply_generated_spec")
                 try:
                     kube.create_raw(ns, obj)
@@ -333,7 +333,7 @@ def test_hostpath_model_volume_refused_before_any_pod(stack: Stack, kube: Kube, 
     try:
         with timed(sc):
             obj = manifest("hostpath", {"room": "r", "agentIdentity": "a", "modelPath": "/models/avatar.imx", "modelVolume": {"hostPath": {"path": "/var/lib/models"}}})
-            offline = rules.validate(obj)
+            offline = validation.validate(obj)
             sc.check("offline_rules_refuse_hostpath", any("hostPath" in p.field or "hostPath" in p.message for p in offline), str(offline))
             proc = stack.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(obj), check=False)
             sc.op("kubectl_apply_hostpath_session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from avatar_operator import settings
 from avatar_operator.api import spec
 from avatar_operator.clients import livekit as room

@@ -11,7 +11,7 @@ import unicodedata
 from typing import Any
 
 import pytest
-from avatar_operator.api import names, rules, spec
+from avatar_operator.api import names, rules, spec, validation
 from avatar_operator.api.rules import Problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,7 +120,7 @@ VALID: list[dict[str, Any]] = [
 @pytest.mark.parametrize(("rule_id", "spec_"), CASES)
 def test_each_rule_refuses_its_case_alone(rule_id: str, spec_: dict[str, Any]) -> None:
     rule = RULES_BY_ID[rule_id]
-    assert rules.validate(session(spec_)) == [Problem(rule.field, rule.message)]
+    assert validation.validate(session(spec_)) == [Problem(rule.field, rule.message)]
 
 
 @pytest.mark.parametrize(("rule_id", "spec_"), CASES)
@@ -128,7 +128,7 @@ def test_without_the_rule_its_case_passes(
     rule_id: str, spec_: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(rules, "RULES", tuple(r for r in rules.RULES if r.id != rule_id))
-    assert rules.validate(session(spec_)) == []
+    assert validation.validate(session(spec_)) == []
 
 
 def test_every_rule_has_a_case() -> None:
@@ -143,7 +143,7 @@ def test_the_plugin_refuses_the_image_cases_too(fields: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("spec_", VALID)
 def test_valid_specs_pass(spec_: dict[str, Any]) -> None:
-    assert rules.validate(session(spec_)) == []
+    assert validation.validate(session(spec_)) == []
 
 
 @pytest.mark.parametrize(
@@ -173,7 +173,7 @@ def test_valid_specs_pass(spec_: dict[str, Any]) -> None:
     ],
 )
 def test_shape_problems_name_the_field(obj: dict[str, Any], field: str, message: str) -> None:
-    problems = rules.validate(obj)
+    problems = validation.validate(obj)
     assert [p.field for p in problems] == [field]
     assert message in problems[0].message
 
@@ -187,7 +187,7 @@ def test_shape_problems_name_the_field(obj: dict[str, Any], field: str, message:
     ],
 )
 def test_what_kubectl_sends_alike_passes(spec_: dict[str, Any]) -> None:
-    assert rules.validate(session(spec_)) == []
+    assert validation.validate(session(spec_)) == []
 
 
 def test_parse_spec_applies_the_defaults_and_derives_the_mode() -> None:
@@ -239,9 +239,9 @@ TRANSITIONS_BY_FIELD = {r.field: r for r in rules.TRANSITION_RULES}
 def test_immutable_fields_refuse_a_change(field: str, monkeypatch: pytest.MonkeyPatch) -> None:
     old, new = CHANGES[field]
     rule = TRANSITIONS_BY_FIELD[f"spec.{field}"]
-    assert rules.validate_update(session(old), session(new)) == [Problem(rule.field, rule.message)]
+    assert validation.validate_update(session(old), session(new)) == [Problem(rule.field, rule.message)]
     monkeypatch.setattr(rules, "TRANSITION_RULES", tuple(r for r in rules.TRANSITION_RULES if r is not rule))
-    assert rules.validate_update(session(old), session(new)) == []
+    assert validation.validate_update(session(old), session(new)) == []
 
 
 def test_every_transition_rule_has_a_case() -> None:
@@ -250,12 +250,12 @@ def test_every_transition_rule_has_a_case() -> None:
 
 def test_connection_and_max_duration_may_change() -> None:
     new = {**FULL, "connection": {"maxRetry": 9, "timeout": 1.0}, "maxDuration": 600.5}
-    assert rules.validate_update(session(FULL), session(new)) == []
-    assert rules.validate_update(session(FULL), session({k: v for k, v in new.items() if k != "maxDuration"})) == []
+    assert validation.validate_update(session(FULL), session(new)) == []
+    assert validation.validate_update(session(FULL), session({k: v for k, v in new.items() if k != "maxDuration"})) == []
 
 
 def test_an_update_is_validated_itself_first() -> None:
-    assert rules.validate_update(session(FULL), session({**FULL, "room": ""})) == [
+    assert validation.validate_update(session(FULL), session({**FULL, "room": ""})) == [
         Problem("spec.room", RULES_BY_ID["room-non-empty"].message)
     ]
 
@@ -325,7 +325,7 @@ def plugin_accepts(**kwargs: Any) -> bool:
 
 
 def ours_accepts(**fields: Any) -> bool:
-    return rules.validate(session({"room": "lobby", "agentIdentity": "agent", **fields})) == []
+    return validation.validate(session({"room": "lobby", "agentIdentity": "agent", **fields})) == []
 
 
 @given(image=st.one_of(base64ish(), st.sampled_from(["http://a", "https://a/b.png", "http:/a", "data:image/png;base64,QUJD"])))
@@ -366,7 +366,7 @@ def test_deliberate_differences_from_the_plugin(tmp_path: Any) -> None:
 
     Image.new("RGB", (2, 2)).save(portrait)
     assert plugin_accepts(avatar_image=str(portrait))
-    (problem,) = rules.validate(session({**IMAGE, "avatarImage": str(portrait)}))
+    (problem,) = validation.validate(session({**IMAGE, "avatarImage": str(portrait)}))
     assert "spec.avatarImageFrom" in problem.message
 
 
@@ -388,10 +388,10 @@ def test_an_unknown_field_is_refused_even_when_null_as_the_apiserver_refuses_it(
         ({**base, "bogus": None}, "spec.bogus"),
         ({**base, "avatarParticipant": {"extra": None}}, "spec.avatarParticipant.extra"),
     ):
-        problems = rules.validate({"apiVersion": "avatar-operator.dev/v1alpha1", "kind": "AvatarSession", "spec": spec})
+        problems = validation.validate({"apiVersion": "avatar-operator.dev/v1alpha1", "kind": "AvatarSession", "spec": spec})
         assert [p.field for p in problems] == [field] and "unknown field" in problems[0].message
     # A null known field is a missing one, as the apiserver treats it.
-    assert rules.validate({"spec": {**base, "avatarParticipant": {"identity": None}, "maxDuration": None}}) == []
+    assert validation.validate({"spec": {**base, "avatarParticipant": {"identity": None}, "maxDuration": None}}) == []
 
 
 def test_every_spec_field_says_whether_it_may_change() -> None:

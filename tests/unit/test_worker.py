@@ -15,9 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from avatar_operator.controller import decisions, worker
 from avatar_runner import contract
+
 from tests.fakes.bithuman_api import FakeBithumanAPI
 from tests.unit.worker_fakes import (
     AVATAR,

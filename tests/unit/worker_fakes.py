@@ -28,7 +28,6 @@ from typing import Any, cast
 
 import aiohttp
 import kopf
-
 from avatar_operator import settings as settings_mod
 from avatar_operator.api import names
 from avatar_operator.clients import livekit

@@ -18,15 +18,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import re
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
-
-import pydantic
 
 from avatar_operator.api import spec as spec_mod
-from avatar_operator.api.spec import AvatarSessionSpec, Mode, parse_spec
+from avatar_operator.api.spec import AvatarSessionSpec, Mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,102 +347,6 @@ TRANSITION_RULES: tuple[TransitionRule, ...] = tuple(
     )
     for wire, attr in IMMUTABLE
 )
-
-
-# --- evaluation ------------------------------------------------------------------
-
-_TOP_LEVEL = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-
-
-def _field_path(loc: Sequence[int | str]) -> str:
-    path = "spec"
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def _explain_path(loc: Sequence[int | str]) -> str:
-    return ".".join(["avatarsession", "spec", *(str(p) for p in loc if isinstance(p, str))])
-
-
-def _shape_problems(error: pydantic.ValidationError) -> list[Problem]:
-    problems = []
-    for e in error.errors():
-        loc = tuple(e["loc"])
-        if e["type"] == "missing":
-            message = "required field is missing"
-        elif e["type"] == "extra_forbidden":
-            message = f"unknown field: remove it (`kubectl explain {_explain_path(loc[:-1])}` lists the fields)"
-        elif e["type"] == "model_type":
-            message = "must be an object"
-        else:
-            message = str(e["msg"]).removeprefix("Value error, ")
-        problems.append(Problem(_field_path(loc), message))
-    return problems
-
-
-def _model_in(annotation: Any) -> type[pydantic.BaseModel] | None:
-    """The model an annotation holds (through Optional, Annotated and lists), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _null_unknown_fields(value: Any, model: type[pydantic.BaseModel], loc: tuple[int | str, ...] = ()) -> list[Problem]:
-    """Unknown fields whose value is null. parse_spec drops null fields (the
-    apiserver drops a known one before it validates), but the apiserver's
-    strict decoding refuses an unknown field whatever its value."""
-    if isinstance(value, list):
-        return [p for i, v in enumerate(value) for p in _null_unknown_fields(v, model, (*loc, i))]
-    if not isinstance(value, Mapping):
-        return []
-    fields = {(f.alias or name): f.annotation for name, f in model.model_fields.items()}
-    problems = []
-    for key, v in value.items():
-        if key not in fields:
-            if v is None:
-                problems.append(Problem(_field_path((*loc, key)), f"unknown field: remove it (`kubectl explain {_explain_path(loc)}` lists the fields)"))
-            continue
-        inner = _model_in(fields[key])
-        if inner is not None:
-            problems.extend(_null_unknown_fields(v, inner, (*loc, key)))
-    return problems
-
-
-def validate(obj: Mapping[str, Any]) -> list[Problem]:
-    """Every problem of an AvatarSession object that needs no cluster to see.
-
-    Empty when the object is valid. Shape problems (types, unknown fields)
-    come first and alone: the rules need a well-formed spec to run.
-    """
-    problems = [Problem(k, "unknown field: remove it") for k in obj if k not in _TOP_LEVEL]
-    if obj.get("spec") is None:
-        return [*problems, Problem("spec", "required field is missing: an AvatarSession needs a spec")]
-    try:
-        spec = parse_spec(obj)
-    except pydantic.ValidationError as e:
-        return [*problems, *_null_unknown_fields(obj["spec"], AvatarSessionSpec), *_shape_problems(e)]
-    problems += _null_unknown_fields(obj["spec"], AvatarSessionSpec)
-    if problems:
-        return problems
-    return [Problem(r.field, r.message) for r in RULES if not r.check(spec)]
-
-
-def validate_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Problem]:
-    """validate(new), plus the fields that may not change from `old` (the stored object)."""
-    problems = validate(new)
-    if problems:
-        return problems
-    try:
-        old_spec = parse_spec(old)
-    except pydantic.ValidationError:
-        return []  # nothing valid was stored, so nothing is running to protect
-    new_spec = parse_spec(new)
-    return [Problem(r.field, r.message) for r in TRANSITION_RULES if not r.check(old_spec, new_spec)]
 
 
 def credential_problem(mode: Mode, *, has_secret: bool, has_token: bool) -> str | None:

@@ -5,7 +5,7 @@ bounds and `description` (its `kubectl explain` text) are written once, here.
 The models hold the *shape* of a spec (types, enums, string lengths, unknown
 fields refused); the semantic rules (plugin parity, cross-field checks) live
 in `rules.py`. `parse_spec` therefore guarantees the shape only: call
-`rules.validate` for the whole verdict.
+`validation.validate` for the whole verdict.
 
 Python names are snake_case; the wire names are camelCase aliases. Parsing
 accepts only the camelCase names, as the apiserver does; Python code may
@@ -462,7 +462,7 @@ def parse_spec(obj: Mapping[str, Any]) -> AvatarSessionSpec:
     """The spec of an AvatarSession object (a manifest or a kopf body).
 
     Raises pydantic.ValidationError when the spec's shape is wrong; the
-    semantic rules are `rules.validate`'s.
+    semantic rules are `validation.validate`'s.
     """
     spec = _plain(obj.get("spec"))
     # by_name=False: only camelCase names are fields on the wire.

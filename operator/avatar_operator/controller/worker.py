@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 
-from avatar_operator.api import rules
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
+from avatar_operator.api import validation
 from avatar_operator.controller import cloud_mode, context, credentials, decisions, local_mode, room_watch
 
 Phase = status_mod.Phase
@@ -56,7 +56,7 @@ async def run(ctx: context.SessionContext) -> None:
 
 async def accept(ctx: context.SessionContext) -> spec_mod.AvatarSessionSpec:
     """Validates the spec (the CRD's rules again: a cluster may run without CEL)."""
-    problems = rules.validate(ctx.body)
+    problems = validation.validate(ctx.body)
     if problems:
         message = "; ".join(f"{p.field}: {p.message}" for p in problems)
         await ctx.record(
