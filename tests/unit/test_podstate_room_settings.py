@@ -48,12 +48,12 @@ def test_room_view_ready_only_with_a_published_video_track() -> None:
     audio = models.TrackInfo(type=models.TrackType.AUDIO)
     avatar = models.ParticipantInfo(identity="bithuman-avatar-agent", tracks=[audio])
     agent = models.ParticipantInfo(identity="agent")
-    v = room.view([avatar, agent], "bithuman-avatar-agent", "agent")
-    assert v.avatar_present and v.agent_present and not v.avatar_publishing_video
+    v = room.view([avatar, agent], "bithuman-avatar-agent")
+    assert v.avatar_present and not v.avatar_publishing_video
     avatar.tracks.append(video)
-    assert room.view([avatar], "bithuman-avatar-agent", "agent").avatar_publishing_video
+    assert room.view([avatar], "bithuman-avatar-agent").avatar_publishing_video
     muted = models.ParticipantInfo(identity="a", tracks=[models.TrackInfo(type=models.TrackType.VIDEO, muted=True)])
-    assert not room.view([muted], "a", "agent").avatar_publishing_video
+    assert not room.view([muted], "a").avatar_publishing_video
 
 
 def test_room_service_url_from_signalling_url() -> None:

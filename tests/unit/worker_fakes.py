@@ -259,7 +259,6 @@ class FakeRoom:
         self.clock = clock
         self.avatar_present = False
         self.avatar_publishing_video = False
-        self.agent_present = True
         self.down: Exception | None = None  # raised by observe (LiveKit unreachable)
         self.observed: list[float] = []  # when each observe came
         self.removed: list[tuple[str, str]] = []
@@ -277,16 +276,11 @@ class FakeRoom:
     def recover(self) -> None:
         self.down = None
 
-    async def observe(self, room: str, avatar_identity: str, agent_identity: str) -> livekit.RoomView:
+    async def observe(self, room: str, avatar_identity: str) -> livekit.RoomView:
         self.observed.append(self.clock.t)
         if self.down is not None:
             raise self.down
-        return livekit.RoomView(
-            room_exists=True,
-            avatar_present=self.avatar_present,
-            avatar_publishing_video=self.avatar_publishing_video,
-            agent_present=self.agent_present,
-        )
+        return livekit.RoomView(avatar_present=self.avatar_present, avatar_publishing_video=self.avatar_publishing_video)
 
     async def remove(self, room: str, identity: str) -> bool:
         self.removed.append((room, identity))

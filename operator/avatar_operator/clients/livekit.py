@@ -19,10 +19,8 @@ from livekit.protocol import models
 
 @dataclasses.dataclass(frozen=True)
 class RoomView:
-    room_exists: bool
     avatar_present: bool
     avatar_publishing_video: bool
-    agent_present: bool
 
 
 def http_url(livekit_url: str) -> str:
@@ -33,18 +31,12 @@ def http_url(livekit_url: str) -> str:
     return livekit_url
 
 
-def view(participants: Sequence[models.ParticipantInfo], avatar_identity: str, agent_identity: str) -> RoomView:
-    by_identity = {p.identity: p for p in participants}
-    avatar = by_identity.get(avatar_identity)
+def view(participants: Sequence[models.ParticipantInfo], avatar_identity: str) -> RoomView:
+    avatar = next((p for p in participants if p.identity == avatar_identity), None)
     publishing = avatar is not None and any(
         t.type == models.TrackType.VIDEO and not t.muted for t in avatar.tracks
     )
-    return RoomView(
-        room_exists=True,
-        avatar_present=avatar is not None,
-        avatar_publishing_video=publishing,
-        agent_present=agent_identity in by_identity,
-    )
+    return RoomView(avatar_present=avatar is not None, avatar_publishing_video=publishing)
 
 
 # A RoomService token signed for one room, reused until half its life is gone:
@@ -79,7 +71,7 @@ class Client:
         self._rooms[room] = (time.monotonic() + TOKEN_TTL.total_seconds() / 2, client)
         return client
 
-    async def observe(self, room: str, avatar_identity: str, agent_identity: str) -> RoomView:
+    async def observe(self, room: str, avatar_identity: str) -> RoomView:
         # LiveKitAPI ignores its own timeout when given a session: bound the call here.
         try:
             listed = await asyncio.wait_for(
@@ -87,9 +79,9 @@ class Client:
             )
         except api.TwirpError as e:
             if e.code == api.TwirpErrorCode.NOT_FOUND:
-                return RoomView(False, False, False, False)
+                return RoomView(False, False)
             raise
-        return view(listed.participants, avatar_identity, agent_identity)
+        return view(listed.participants, avatar_identity)
 
     async def remove(self, room: str, identity: str) -> bool:
         """Removes a participant; False when it (or the room) was already gone. The caller bounds the wait."""

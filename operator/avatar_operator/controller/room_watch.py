@@ -49,7 +49,7 @@ async def poll_room(
 ) -> decisions.Presence:
     """Asks LiveKit about the room once and records what it says."""
     try:
-        seen = await room.observe(spec.room, identity, spec.agent_identity)
+        seen = await room.observe(spec.room, identity)
     except Exception as e:  # noqa: BLE001 - LiveKit down must not fail the session
         message = f"cannot ask LiveKit about room {spec.room!r}: {e}"
         await ctx.record(changes=(Change(Cond.READY, False, Reason.LIVEKIT_UNREACHABLE, message),), flush=False)
