@@ -19,11 +19,8 @@ credential and the avatar's LiveKit token.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import email.utils
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from avatar_operator.build.cloud_request import FORM_FILE_FIELD, CloudRequest
 from avatar_operator.build.mint_request import build_mint_request
+from avatar_operator.clients import http
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +203,7 @@ async def _attempt(
     message = _redact(text, secrets)[:MESSAGE_LIMIT]
     if status != 429 and status < 500:
         return Rejected(status, message)
-    wait = _retry_after_s(retry_after) if status == 429 else None
+    wait = http.retry_after_s(retry_after) if status == 429 else None
     return _Retry(f"HTTP {status}: {message}", status, wait)
 
 
@@ -254,24 +252,6 @@ def _describe(err: BaseException, policy: RetryPolicy) -> str:
     detail = " ".join(detail.split())
     return f"{type(err).__name__}: {detail}" if detail else type(err).__name__
 
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), None if unusable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-        return max(seconds, 0.0)
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.build import cloud_request
-from avatar_operator.build import token as token_mod
 from avatar_operator.clients import bithuman
 from avatar_operator.controller import context, credentials
 
@@ -63,19 +62,9 @@ async def _request(
     key: str,
 ) -> cloud_request.CloudRequest:
     """The session request, with the avatar's room token in it; fails the session when it can't be made."""
-    identity, name = context.identity(spec)
     default_api = is_default_api(ctx, bh.api_url)
     attributes, request_secret = await _room_credential(ctx, spec, lk, bh, default_api)
-    token = token_mod.avatar_token(
-        api_key=lk.api_key,
-        api_secret=lk.api_secret,
-        room=spec.room,
-        identity=identity,
-        name=name,
-        agent_identity=spec.agent_identity,
-        ttl=ctx.token_ttl(spec),
-        extra_attributes=attributes,
-    )
+    token = ctx.avatar_token(spec, lk.api_key, lk.api_secret, attributes)
     image = await image_bytes(ctx, spec)
     try:
         return cloud_request.build_request(

@@ -148,6 +148,22 @@ class SessionContext:
         timing = self.settings.timing
         return token_mod.token_ttl(spec.max_duration, timing.token_ttl_margin_s, timing.token_ttl_default_s)
 
+    def avatar_token(
+        self, spec: spec_mod.AvatarSessionSpec, api_key: str, api_secret: str, attributes: dict[str, str] | None = None
+    ) -> str:
+        """The avatar's room token, signed with the session's LiveKit key."""
+        identity_, name = identity(spec)
+        return token_mod.avatar_token(
+            api_key=api_key,
+            api_secret=api_secret,
+            room=spec.room,
+            identity=identity_,
+            name=name,
+            agent_identity=spec.agent_identity,
+            ttl=self.token_ttl(spec),
+            extra_attributes=attributes,
+        )
+
     def waiting(self, identity: str, present: bool = False) -> Change:
         why = "joined, not yet publishing video" if present else "not in the room yet"
         return Change(Cond.READY, False, Reason.WAITING_FOR_AVATAR, f"avatar {identity!r} {why}")

@@ -10,7 +10,6 @@ from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.build import pod as pod_mod
 from avatar_operator.build import secret as secret_mod
-from avatar_operator.build import token as token_mod
 from avatar_operator.controller import context, credentials, podstate
 
 Phase = status_mod.Phase
@@ -30,16 +29,7 @@ async def start(
     if ctx.status.runner_pod == pod_name:
         await _look_once(ctx, pod_name)
         return
-    identity, name = context.identity(spec)
-    token = token_mod.avatar_token(
-        api_key=lk.api_key,
-        api_secret=lk.api_secret,
-        room=spec.room,
-        identity=identity,
-        name=name,
-        agent_identity=spec.agent_identity,
-        ttl=ctx.token_ttl(spec),
-    )
+    token = ctx.avatar_token(spec, lk.api_key, lk.api_secret)
     await ctx.clients.kube.create(secret_mod.token_secret(ctx.ref, token))
     runner = ctx.settings.runner
     defaults = pod_mod.RunnerDefaults(image=runner.image, renderer=runner.renderer, cpu=runner.cpu, memory=runner.memory)
