@@ -84,7 +84,7 @@ def speech_wav(path: pathlib.Path, seconds: float) -> str:
 
 def av_offset_ms(viewer: Viewer, start: float, end: float) -> tuple[float, float]:
     """(lag in ms of the mouth behind the audio, peak correlation) over [start, end]."""
-    from avatar_runner.renderers import portrait
+    from avatar_runner.renderers import portrait_motion as portrait
 
     step = 0.005
     grid = np.arange(start, end, step)

@@ -33,7 +33,7 @@ def mouth_darkness(frame: rtc.VideoFrame) -> float:
     Read on the luma plane of the decoded I420 frame: converting every frame
     to RGB costs the viewer enough CPU here to drop frames it then miscounts.
     """
-    from avatar_runner.renderers.portrait import DRAWN_FACE, SIZE
+    from avatar_runner.renderers.portrait_face import DRAWN_FACE, SIZE
 
     if frame.type != rtc.VideoBufferType.I420:
         frame = frame.convert(rtc.VideoBufferType.I420)

@@ -12,17 +12,8 @@ import pytest
 from avatar_runner.demo_agent import synthetic_speech
 from avatar_runner.exits import ExitCode
 from avatar_runner.renderers.base import RenderedItem, RendererRefused
-from avatar_runner.renderers.portrait import (
-    DRAWN_FACE,
-    PHOTO,
-    SAMPLE_RATE,
-    SIZE,
-    Box,
-    FaceLayout,
-    PortraitRenderer,
-    SpeechBuffer,
-    load_portrait,
-)
+from avatar_runner.renderers.portrait import SAMPLE_RATE, PortraitRenderer, SpeechBuffer, load_portrait
+from avatar_runner.renderers.portrait_face import DRAWN_FACE, PHOTO, SIZE, Box, FaceLayout
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd
 from PIL import Image
