@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from avatar_operator.build import cloud_request as cloud
-from avatar_operator.build.cloud_request import InvalidImageError, build_request
+from avatar_operator.build.cloud_request import build_request
+from avatar_operator.build.image import IMAGE_PIXEL_LIMIT, InvalidImageError
 from PIL import Image, ImageFile
 
 
@@ -126,7 +127,7 @@ def test_one_pixel_over_the_bound_is_refused(no_decoding: list[str]) -> None:
 
 
 def test_the_bound_itself_is_accepted() -> None:
-    assert cloud.IMAGE_PIXEL_LIMIT == 4096 * 4096
+    assert IMAGE_PIXEL_LIMIT == 4096 * 4096
 
     req = _request(_blank_png(4096, 4096))
 

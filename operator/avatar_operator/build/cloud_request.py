@@ -19,32 +19,21 @@ credential and the avatar's LiveKit token.
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
-import io
-import re
 import types
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlparse
 
-from PIL import Image
+from avatar_operator.build import image
+from avatar_operator.build.image import CloudRequestError as CloudRequestError
+from avatar_operator.build.image import InvalidImageError as InvalidImageError
 
 # The plugin's `_is_default_api_url` list: these hosts are bitHuman's own API.
 DEFAULT_API_HOSTS = ("auth.api.bithuman.ai", "api.bithuman.ai")
 # The form field a FormFile travels in (the plugin's and the GPU worker's name).
 FORM_FILE_FIELD = "avatar_image"
 
-# The most pixels an image from avatarImageFrom may have: 4096x4096. The
-# re-encode decodes it whole (up to 4 bytes a pixel), then copies it to RGB, so
-# the bound keeps that under ~120 MB in an operator limited to 512Mi, where a
-# 37 kB PNG of 13000x13000 pixels (Pillow only warns below 179 megapixels) took
-# it to 885 MB. A portrait for an avatar needs far fewer pixels.
-IMAGE_PIXEL_LIMIT = 4096 * 4096
-_RESIZE = "resize the image to at most 4096x4096 pixels"
-_JPEG_QUALITY = 95  # the plugin's re-encode quality
-_BASE64_RE = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 # Headers and fields whose values are credentials, kept out of every message.
 _SECRET_HEADERS = ("api-secret", "Authorization")
 _SECRET_FIELDS = ("livekit_token",)
@@ -57,20 +46,12 @@ class RequestFormat(enum.StrEnum):
     FORM = "form"
 
 
-class CloudRequestError(ValueError):
-    """The inputs cannot make a valid request; retrying cannot help."""
-
-
 class MissingInputError(CloudRequestError):
     """A required input is empty; `what` names it."""
 
     def __init__(self, what: str, why: str) -> None:
         super().__init__(f"{what} is required: {why}")
         self.what = what
-
-
-class InvalidImageError(CloudRequestError):
-    """The avatar image is neither a URL, strict base64, nor a readable image."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +164,7 @@ def build_request(
         avatar_image_bytes=avatar_image_bytes,
     )
     # Decoded (and so checked) before the credentials, whichever the format.
-    image_data = _image_data(avatar_image) if avatar_image is not None else None
+    image_data = image.image_data(avatar_image) if avatar_image is not None else None
     room_fields = {"livekit_url": livekit_url, "livekit_token": livekit_token, "room_name": room}
     if request_format(api_url, model, default_api=default_api) is RequestFormat.FORM:
         return _form_request(
@@ -262,7 +243,7 @@ def _form_request(
         form["async_mode"] = "true" if flag else "false"
     upload: bytes | None = None
     if avatar_image_bytes is not None:
-        upload = _jpeg(avatar_image_bytes)
+        upload = image.jpeg(avatar_image_bytes)
     elif avatar_image is not None and image_data is None:
         form["avatar_image_url"] = avatar_image
     else:
@@ -309,7 +290,7 @@ def _json_request(
     if avatar_image is not None:
         body["image"] = avatar_image
     elif avatar_image_bytes is not None:
-        body["image"] = base64.b64encode(_jpeg(avatar_image_bytes)).decode("ascii")
+        body["image"] = base64.b64encode(image.jpeg(avatar_image_bytes)).decode("ascii")
     if avatar_id:
         body["agent_id"] = avatar_id
     return CloudRequest(
@@ -324,76 +305,3 @@ def _json_request(
         ),
         json=types.MappingProxyType(body),
     )
-
-
-def _image_data(image: str) -> bytes | None:
-    """None for an http(s) URL, the decoded bytes for strict base64 (the plugin's
-    `_is_valid_base64`), else InvalidImageError. The message never echoes the
-    string: it may be megabytes, or something the user did not mean to publish."""
-    if image.startswith(("http://", "https://")):
-        return None
-    cleaned = "".join(image.split())
-    if cleaned and len(cleaned) % 4 == 0 and _BASE64_RE.match(cleaned):
-        try:
-            decoded = base64.b64decode(cleaned, validate=True)
-        except binascii.Error:
-            decoded = b""
-        if decoded:
-            return decoded
-    raise InvalidImageError(
-        "avatarImage must be an http:// or https:// URL or strict base64 image data"
-    )
-
-
-def _jpeg(data: bytes) -> bytes:
-    """Re-encode as JPEG at the plugin's quality; JPEG has no alpha or palette,
-    so those images are flattened to RGB first. The size is checked before
-    anything is decoded (`_open_bounded`)."""
-    image = _open_bounded(data)
-    try:
-        with image:
-            image.load()
-            rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
-            out = io.BytesIO()
-            rgb.save(out, format="JPEG", quality=_JPEG_QUALITY)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise InvalidImageError(_unreadable(err)) from None
-    return out.getvalue()
-
-
-def _open_bounded(data: bytes) -> Image.Image:
-    """The image, opened but not decoded: Image.open reads only the header,
-    so the size is known while the pixels are still compressed."""
-    with warnings.catch_warnings(record=True) as caught:
-        # Pillow's own bomb check warns above Image.MAX_IMAGE_PIXELS and raises
-        # above twice that; both refuse here, the warning once the size is read.
-        warnings.simplefilter("always", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as err:
-            raise InvalidImageError(
-                f"avatarImageFrom holds an image over Pillow's decompression-bomb limit "
-                f"({err}); {_RESIZE}"
-            ) from None
-        except (OSError, ValueError) as err:
-            raise InvalidImageError(_unreadable(err)) from None
-    bomb = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
-    for other in caught:
-        if other not in bomb:  # recorded alongside; not ours to swallow
-            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
-    width, height = image.size
-    if width * height > IMAGE_PIXEL_LIMIT:
-        limit = f"the operator's limit of {IMAGE_PIXEL_LIMIT / 1e6:.1f} megapixels"
-    elif bomb:
-        limit = f"Pillow's decompression-bomb limit ({bomb[0].message})"
-    else:
-        return image
-    image.close()
-    raise InvalidImageError(
-        f"avatarImageFrom holds a {width}x{height} image "
-        f"({width * height / 1e6:.1f} megapixels), over {limit}; {_RESIZE}"
-    )
-
-
-def _unreadable(err: BaseException) -> str:
-    return f"avatarImageFrom does not hold an image Pillow can read ({type(err).__name__})"
