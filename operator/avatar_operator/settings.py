@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import pydantic
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, StringConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from avatar_operator.api import spec as spec_mod
@@ -36,6 +36,7 @@ class SettingsError(ValueError):
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Credential = Annotated[str, StringConstraints(strip_whitespace=True)]
 
 
 class _Group(BaseSettings):
@@ -47,8 +48,9 @@ class LiveKitSettings(_Group):
     secret_name: str = Field("livekit-credentials", validation_alias="AVATAR_LIVEKIT_SECRET_NAME")
     # Operator-wide credentials (mounted from a Secret by the chart), used
     # when neither the session nor its namespace names a Secret.
-    api_key: str = Field("", repr=False, validation_alias="LIVEKIT_API_KEY")
-    api_secret: str = Field("", repr=False, validation_alias="LIVEKIT_API_SECRET")
+    # A trailing newline (a Secret made with `echo ... | base64`) would be signed with.
+    api_key: Credential = Field("", repr=False, validation_alias="LIVEKIT_API_KEY")
+    api_secret: Credential = Field("", repr=False, validation_alias="LIVEKIT_API_SECRET")
 
 
 class BithumanSettings(_Group):

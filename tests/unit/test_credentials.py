@@ -70,3 +70,25 @@ def test_no_livekit_url_anywhere() -> None:
     with pytest.raises(credentials.MissingCredentials) as e:
         credentials.livekit(CLOUD, settings.Settings(), reader({}))
     assert e.value.reason == "LiveKitNotConfigured"
+
+
+def test_a_trailing_newline_in_a_secret_value_is_dropped() -> None:
+    # `echo secret | base64` puts the newline in the Secret; headers and signatures refuse it.
+    lk = credentials.livekit(CLOUD, SETTINGS, reader({"livekit-credentials": {"LIVEKIT_API_KEY": "key\n", "LIVEKIT_API_SECRET": " s3cret\r\n"}}))
+    assert (lk.api_key, lk.api_secret) == ("key", "s3cret")
+    bh = credentials.bithuman(CLOUD, SETTINGS, reader({"bithuman-credentials": {"BITHUMAN_API_SECRET": "bh\n"}}))
+    assert bh.api_secret == "bh"
+
+
+@pytest.mark.parametrize("value", ["two\nlines", "tab\tinside", "nul\x00"])
+def test_a_secret_value_broken_inside_is_refused_naming_the_key(value: str) -> None:
+    with pytest.raises(credentials.MissingCredentials) as e:
+        credentials.bithuman(CLOUD, SETTINGS, reader({"bithuman-credentials": {"BITHUMAN_API_SECRET": value}}))
+    assert e.value.reason == "SecretValueInvalid"
+    assert "bithuman-credentials" in e.value.message and "BITHUMAN_API_SECRET" in e.value.message
+    assert value not in e.value.message  # the value itself is never echoed
+
+
+def test_operator_wide_livekit_credentials_are_trimmed() -> None:
+    s = settings.Settings.from_env({"AVATAR_LIVEKIT_URL": "ws://x", "LIVEKIT_API_KEY": "k\n", "LIVEKIT_API_SECRET": "s\n"})
+    assert (s.livekit.api_key, s.livekit.api_secret) == ("k", "s")

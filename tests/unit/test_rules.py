@@ -86,11 +86,17 @@ RULE_CASES: dict[str, list[dict[str, Any]]] = {
     "livekit-url": [{**CLOUD, "livekit": {"url": "livekit.example.com"}}],
     "avatar-identity-non-empty": [{**CLOUD, "avatarParticipant": {"identity": ""}}],
     "avatar-name-non-empty": [{**CLOUD, "avatarParticipant": {"name": ""}}],
-    "connection-max-retry": [{**CLOUD, "connection": {"maxRetry": n}} for n in (0, -1)],
-    "connection-retry-interval": [{**CLOUD, "connection": {"retryInterval": -0.5}}],
-    "connection-timeout": [{**CLOUD, "connection": {"timeout": t}} for t in (0, -1.0)],
+    "connection-max-retry": [{**CLOUD, "connection": {"maxRetry": n}} for n in (0, -1, 101)],
+    "connection-retry-interval": [{**CLOUD, "connection": {"retryInterval": r}} for r in (-0.5, 3601.0)],
+    "connection-timeout": [{**CLOUD, "connection": {"timeout": t}} for t in (0, -1.0, 601.0, 1e308)],
     "runner-gpus": [{**LOCAL, "runner": {"gpus": -1}}],
-    "max-duration": [{**CLOUD, "maxDuration": d} for d in (0, -5.5)],
+    # 1e12 overflowed the token's expiry and the deadline: a crash loop minting tokens.
+    "max-duration": [{**CLOUD, "maxDuration": d} for d in (0, -5.5, 604801.0, 1e12)],
+    # 100 characters the schema takes, 400 bytes LiveKit refuses.
+    "room-bytes": [{**CLOUD, "room": "\U0001f600" * 100}],
+    "agentidentity-bytes": [{**CLOUD, "agentIdentity": "\U0001f600" * 100}],
+    "avatarparticipant-identity-bytes": [{**CLOUD, "avatarParticipant": {"identity": "\U0001f600" * 65}}],
+    "avatarparticipant-name-bytes": [{**CLOUD, "avatarParticipant": {"name": "\u00e9" * 129}}],
 }
 
 RULES_BY_ID = {r.id: r for r in rules.RULES}
@@ -114,6 +120,8 @@ VALID: list[dict[str, Any]] = [
     {**CLOUD, "model": "essence-2", "connection": {"maxRetry": 1, "retryInterval": 0, "timeout": 0.001}},
     {**CLOUD, "bithuman": {"apiUrl": "http://127.0.0.1:8080/launch?async=true", "secretRef": {"name": "bh"}}},
     {**CLOUD, "livekit": {"url": "wss://lk.example.com", "secretRef": {"name": "lk"}}, "maxDuration": 0.5},
+    {**CLOUD, "maxDuration": 604800, "connection": {"maxRetry": 100, "retryInterval": 3600, "timeout": 600}},
+    {**CLOUD, "room": "\U0001f600" * 64, "avatarParticipant": {"identity": "\u00e9" * 128}},  # exactly 256 bytes
 ]
 
 

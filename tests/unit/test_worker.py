@@ -8,6 +8,7 @@ See `worker_fakes` for the fakes.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import itertools
 from collections.abc import AsyncIterator
@@ -321,6 +322,7 @@ async def test_restart_with_a_runner_recorded_starts_no_second_runner() -> None:
     )
     h = Harness.make(local_spec(), status=status)
     h.kube.pods[(NAMESPACE, "s1-runner")] = {"metadata": {"name": "s1-runner"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}
+    h.kube.secrets[(NAMESPACE, "s1-token")] = {contract.TOKEN_KEY: "jwt"}
     h.room.publish()
     await h.run(until=30)
 
@@ -472,3 +474,48 @@ async def test_cloud_retries_wait_on_the_injected_clock(bithuman_api: FakeBithum
     accepted = h.kube.first("Starting")
     assert accepted.status["attempts"] == 2
     assert accepted.t >= 0.02
+
+
+async def test_restart_finding_the_token_secret_gone_makes_it_again() -> None:
+    status = prior(
+        "Starting",
+        ("Accepted", "True", "Valid"),
+        ("CredentialsReady", "True", "CredentialsFound"),
+        ("RunnerScheduled", "True", "Scheduled"),
+        mode="local",
+        runnerPod="s1-runner",
+    )
+    h = Harness.make(local_spec(), status=status)
+    h.kube.pods[(NAMESPACE, "s1-runner")] = {"metadata": {"name": "s1-runner"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}}
+    await h.run(until=10)
+
+    assert h.launcher.started == []  # the pod is there: no second runner
+    (made,) = h.kube.created
+    assert made["kind"] == "Secret" and made["metadata"]["name"] == "s1-token"
+    assert made["metadata"]["ownerReferences"][0]["uid"] == UID
+
+
+class Boom(RuntimeError):
+    pass
+
+
+async def test_a_worker_that_keeps_failing_fails_the_session_instead_of_looping() -> None:
+    """kopf restarts a worker that raised; the third error ends the session, so no step repeats forever."""
+    h = Harness.make(local_spec())
+
+    async def explode(*_: Any) -> None:
+        raise Boom("a bug")
+
+    h.launcher.start = explode  # type: ignore[method-assign]
+    for attempt in range(1, worker.MAX_WORKER_ERRORS + 1):
+        ctx = h.restart()
+        with pytest.raises(Boom):
+            await asyncio.wait_for(worker.run(ctx), 5)
+        assert h.kube.last.status["workerErrors"] == attempt
+    ctx = h.restart()
+    await asyncio.wait_for(worker.run(ctx), 5)
+
+    end = ended(h)
+    assert cond(end, "Ready")["reason"] == "OperatorError"
+    assert "3 times" in cond(end, "Accepted")["message"]
+    assert [e.reason for e in h.events.warnings()].count("OperatorError") == worker.MAX_WORKER_ERRORS + 1

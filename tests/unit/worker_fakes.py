@@ -473,6 +473,15 @@ class Harness:
         ctx = make_context(raw, clients, stopped, env)
         return cls(raw, clock, kube, room, rooms, launcher, events, stopped, boxes, ctx)
 
+    def restart(self) -> context.SessionContext:
+        """A new worker for the same session, as kopf makes after an error: it reads the stored status."""
+        stored = self.kube.sessions[(NAMESPACE, NAME)]
+        self.raw["status"] = copy.deepcopy(stored.get("status") or {})
+        self.ctx = context.SessionContext(
+            body=body_of(self.raw), settings=self.ctx.settings, clients=self.ctx.clients, logger=self.ctx.logger, stopped=self.stopped
+        )
+        return self.ctx
+
     async def run(self, *, until: float | None = None, timeout_s: float = 5.0) -> None:
         """Runs the worker to its end; with `until`, kopf stops it at that simulated time if it has not ended."""
         if until is not None:

@@ -126,6 +126,20 @@ def _model_path_ok(path: str) -> bool:
 _CLOUD_CEL = "has(self.avatarId) || has(self.avatarImage) || has(self.avatarImageFrom)"
 _VOLUME_SOURCES = ("persistentVolumeClaim", "csi", "image", "hostPath")
 
+# Upper bounds no real session needs to pass: past them a timedelta or the
+# token's expiry overflows (maxDuration 1e12 crashed the worker in a loop).
+MAX_RETRY_MAX = 100
+RETRY_INTERVAL_MAX_S = 3600.0
+TIMEOUT_MAX_S = 600.0
+MAX_DURATION_MAX_S = 7 * 24 * 3600.0
+# LiveKit bounds room names and identities in bytes; the schema's maxLength counts characters.
+LIVEKIT_NAME_MAX_BYTES = 256
+
+
+def _utf8_fits(value: str) -> bool:
+    return len(value.encode()) <= LIVEKIT_NAME_MAX_BYTES
+
+
 RULES: tuple[Rule, ...] = (
     Rule(
         id="room-non-empty",
@@ -276,25 +290,25 @@ RULES: tuple[Rule, ...] = (
     Rule(
         id="connection-max-retry",
         field="spec.connection.maxRetry",
-        message="must be at least 1: it counts attempts, the first one included",
-        check=lambda s: s.connection.max_retry >= 1,
-        cel="self >= 1",
+        message=f"must be 1 to {MAX_RETRY_MAX}: it counts attempts, the first one included",
+        check=lambda s: 1 <= s.connection.max_retry <= MAX_RETRY_MAX,
+        cel=f"self >= 1 && self <= {MAX_RETRY_MAX}",
         scope="spec.connection.maxRetry",
     ),
     Rule(
         id="connection-retry-interval",
         field="spec.connection.retryInterval",
-        message="must be 0 or more seconds",
-        check=lambda s: s.connection.retry_interval >= 0,
-        cel="self >= 0.0",
+        message=f"must be 0 to {RETRY_INTERVAL_MAX_S:g} seconds",
+        check=lambda s: 0 <= s.connection.retry_interval <= RETRY_INTERVAL_MAX_S,
+        cel=f"self >= 0.0 && self <= {RETRY_INTERVAL_MAX_S:.1f}",
         scope="spec.connection.retryInterval",
     ),
     Rule(
         id="connection-timeout",
         field="spec.connection.timeout",
-        message="must be more than 0 seconds",
-        check=lambda s: s.connection.timeout > 0,
-        cel="self > 0.0",
+        message=f"must be more than 0 and at most {TIMEOUT_MAX_S:g} seconds",
+        check=lambda s: 0 < s.connection.timeout <= TIMEOUT_MAX_S,
+        cel=f"self > 0.0 && self <= {TIMEOUT_MAX_S:.1f}",
         scope="spec.connection.timeout",
     ),
     Rule(
@@ -308,10 +322,26 @@ RULES: tuple[Rule, ...] = (
     Rule(
         id="max-duration",
         field="spec.maxDuration",
-        message="must be more than 0 seconds; remove it for no limit",
-        check=lambda s: s.max_duration is None or s.max_duration > 0,
-        cel="self > 0.0",
+        message=f"must be more than 0 and at most {MAX_DURATION_MAX_S:g} seconds (7 days); remove it for no limit",
+        check=lambda s: s.max_duration is None or 0 < s.max_duration <= MAX_DURATION_MAX_S,
+        cel=f"self > 0.0 && self <= {MAX_DURATION_MAX_S:.1f}",
         scope="spec.maxDuration",
+    ),
+    *(
+        Rule(
+            id=f"{wire.replace('.', '-').lower()}-bytes",
+            field=f"spec.{wire}",
+            message=f"must be at most {LIVEKIT_NAME_MAX_BYTES} bytes in UTF-8, as LiveKit counts (not characters)",
+            check=check,
+            cel=f"bytes(self).size() <= {LIVEKIT_NAME_MAX_BYTES}",
+            scope=f"spec.{wire}",
+        )
+        for wire, check in (
+            ("room", lambda s: _utf8_fits(s.room)),
+            ("agentIdentity", lambda s: _utf8_fits(s.agent_identity)),
+            ("avatarParticipant.identity", lambda s: _utf8_fits(s.avatar_participant.identity)),
+            ("avatarParticipant.name", lambda s: _utf8_fits(s.avatar_participant.name)),
+        )
     ),
 )
 

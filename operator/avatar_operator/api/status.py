@@ -60,6 +60,7 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_MISSING = "SecretKeyMissing"
+    SECRET_VALUE_INVALID = "SecretValueInvalid"
     LIVEKIT_NOT_CONFIGURED = "LiveKitNotConfigured"
     CREDENTIALS_FOUND = "CredentialsFound"
     POD_CREATED = "PodCreated"
@@ -77,6 +78,7 @@ class Reason(StrEnum):
     AVATAR_PUBLISHING = "AvatarPublishing"
     AVATAR_LEFT = "AvatarLeft"
     MAX_DURATION_REACHED = "MaxDurationReached"
+    OPERATOR_ERROR = "OperatorError"
 
 
 # The schema's view of a type and a reason is metav1.Condition's (any
@@ -137,6 +139,11 @@ class AvatarSessionStatus(KubeModel):
     ready_time: datetime.datetime | None = Field(default=None, description="When the avatar first published video.")
     end_time: datetime.datetime | None = Field(default=None, description="When the session ended.")
     cloud_request: CloudRequest | None = Field(default=None, description="The cloud session request (cloud mode).")
+    worker_errors: Int | None = Field(
+        default=None,
+        description="Unexpected errors of the operator's worker for this session (kopf retries it); at 3 the "
+        "session fails, so no error turns into a loop of paid requests.",
+    )
 
 
 def to_wire(status: AvatarSessionStatus) -> dict[str, Any]:

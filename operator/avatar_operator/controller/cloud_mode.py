@@ -129,8 +129,11 @@ async def _send(
         await ctx.record(phase=Phase.PENDING, changes=(Change(Cond.CLOUD_REQUEST_ACCEPTED, False, Reason.REQUEST_SENT, message),), attempts=n)
 
     async def sleep(seconds: float) -> None:
-        if await ctx.clients.clock.wait(ctx.stopped, seconds):
+        left = ctx.seconds_left()
+        if await ctx.clients.clock.wait(ctx.stopped, seconds if left is None else max(0.0, min(seconds, left))):
             raise context.Ended  # deleted between two attempts: send no more
+        # A Retry-After longer than what is left of maxDuration: the session ends unsent.
+        await ctx.end_if_past_deadline("before the bitHuman API accepted the request")
 
     result = await bithuman.send(ctx.clients.http, request, lambda: retry_policy(ctx), sleep=sleep, on_attempt=on_attempt)
     outcome = result.outcome

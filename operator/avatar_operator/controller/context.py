@@ -21,7 +21,7 @@ from avatar_operator.api import conditions, names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.build import token as token_mod
-from avatar_operator.controller import mailbox, ports
+from avatar_operator.controller import decisions, mailbox, ports
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -143,6 +143,17 @@ class SessionContext:
         if self._live is None or self._live[0] != generation:
             self._live = (generation, spec_mod.parse_spec(self.body))
         return self._live[1]
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the live maxDuration ends the session (None: no limit, or not accepted yet)."""
+        end = decisions.deadline(self.status.start_time, self.live_spec().max_duration)
+        return decisions.seconds_until(end, self.clients.clock.now())
+
+    async def end_if_past_deadline(self, when: str) -> None:
+        """Ends the session, starting nothing more, once maxDuration has run out."""
+        left = self.seconds_left()
+        if left is not None and left <= 0:
+            await self.succeed(Reason.MAX_DURATION_REACHED, f"maxDuration of {self.live_spec().max_duration}s reached {when}")
 
     def token_ttl(self, spec: spec_mod.AvatarSessionSpec) -> datetime.timedelta:
         timing = self.settings.timing

@@ -50,6 +50,37 @@ class BithumanCredentials:
     api_token: str | None = dataclasses.field(default=None, repr=False)
 
 
+CREDENTIAL_KEYS = (LIVEKIT_KEY, LIVEKIT_SECRET, BITHUMAN_SECRET, BITHUMAN_TOKEN)
+
+
+def clean_value(value: str) -> str | None:
+    """A credential as it goes into a header or a signature, None when it can't.
+
+    `echo secret | base64` leaves a trailing newline, which HTTP headers refuse
+    and a signature would include: whitespace around the value is dropped. A
+    line break or other control character inside it is a mistake no trim can
+    fix (None)."""
+    value = value.strip()
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return None
+    return value
+
+
+def _cleaned(name: str, data: Mapping[str, str]) -> dict[str, str]:
+    out = dict(data)
+    for key in CREDENTIAL_KEYS:
+        if key in out:
+            value = clean_value(out[key])
+            if value is None:
+                raise MissingCredentials(
+                    Reason.SECRET_VALUE_INVALID,
+                    f"Secret {name!r} key {key} holds whitespace or a control character inside the value: "
+                    "write the bare value (e.g. `kubectl create secret generic ... --from-literal`)",
+                )
+            out[key] = value
+    return out
+
+
 def _named(explicit: str | None, default: str, read: SecretReader, field: str) -> tuple[str, Mapping[str, str]] | None:
     """The Secret a session names, else the default-named one when it exists.
 
@@ -62,9 +93,9 @@ def _named(explicit: str | None, default: str, read: SecretReader, field: str) -
                 Reason.SECRET_NOT_FOUND,
                 f"Secret {explicit!r} named by {field} was not found in the session's namespace; create it",
             )
-        return explicit, data
+        return explicit, _cleaned(explicit, data)
     data = read(default)
-    return (default, data) if data is not None else None
+    return (default, _cleaned(default, data)) if data is not None else None
 
 
 def livekit(

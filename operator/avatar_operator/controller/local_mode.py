@@ -27,7 +27,7 @@ async def start(
     """Creates the token Secret and starts the runner, unless a restart finds them made."""
     pod_name = names.runner_pod_name(ctx.ref.name)
     if ctx.status.runner_pod == pod_name:
-        await _look_once(ctx, pod_name)
+        await _resume(ctx, spec, lk, pod_name)
         return
     token = ctx.avatar_token(spec, lk.api_key, lk.api_secret)
     await ctx.clients.kube.create(secret_mod.token_secret(ctx.ref, token))
@@ -46,13 +46,22 @@ async def start(
     )
 
 
-async def _look_once(ctx: context.SessionContext, pod_name: str) -> None:
-    """After a restart the pod watch may not have spoken yet: look once."""
-    if ctx.mailbox.pod is None:
-        pod_obj = await ctx.clients.kube.read_pod(ctx.ref.namespace, pod_name)
-        if ctx.mailbox.pod is None and not ctx.mailbox.pod_deleted:
-            # Gone while the operator was down: the same fact as a deletion seen live.
-            ctx.mailbox.post_pod(pod_obj)
+async def _resume(
+    ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, lk: credentials.LiveKitCredentials, pod_name: str
+) -> None:
+    """After a restart, what was made before is looked at once: the pod watch may not have spoken yet."""
+    if ctx.mailbox.pod is not None or ctx.mailbox.pod_deleted:
+        return
+    kube, ns = ctx.clients.kube, ctx.ref.namespace
+    pod_obj = await kube.read_pod(ns, pod_name)
+    if ctx.mailbox.pod is None and not ctx.mailbox.pod_deleted:
+        # Gone while the operator was down: the same fact as a deletion seen live.
+        ctx.mailbox.post_pod(pod_obj)
+    if pod_obj is not None and podstate.read(pod_obj).phase not in ("Succeeded", "Failed"):
+        if await kube.read_secret(ns, names.token_secret_name(ctx.ref.name)) is None:
+            # Its token Secret went while the operator was down: a pod that (re)starts needs it.
+            await kube.create(secret_mod.token_secret(ctx.ref, ctx.avatar_token(spec, lk.api_key, lk.api_secret)))
+            ctx.logger.info("the runner's token Secret was missing; made it again")
 
 
 async def follow_pod(ctx: context.SessionContext, identity: str) -> None:

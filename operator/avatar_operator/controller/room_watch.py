@@ -74,9 +74,8 @@ async def check_deadline(
     ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, room: ports.RoomApi, identity: str
 ) -> float | None:
     """Seconds left before maxDuration (None: no limit); at the deadline, stops the avatar and ends the session."""
-    live = ctx.live_spec()
-    left = decisions.seconds_until(decisions.deadline(ctx.status.start_time, live.max_duration), ctx.clients.clock.now())
+    left = ctx.seconds_left()
     if left is None or left > 0:
         return left
     await teardown.stop_session(ctx.clients, ctx.ref, spec, room, identity, ctx.settings.timing.cleanup_timeout_s)
-    await ctx.succeed(Reason.MAX_DURATION_REACHED, f"maxDuration of {live.max_duration}s reached; avatar stopped")
+    await ctx.succeed(Reason.MAX_DURATION_REACHED, f"maxDuration of {ctx.live_spec().max_duration}s reached; avatar stopped")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.api import validation
-from avatar_operator.controller import cloud_mode, context, credentials, decisions, local_mode, room_watch
+from avatar_operator.controller import cloud_mode, context, credentials, local_mode, room_watch
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -28,15 +28,22 @@ Change = context.Change
 # a forgotten session costs little.
 CREDENTIALS_FIRST_WAIT_S = 1.0
 CREDENTIALS_MAX_WAIT_S = 30.0
+# kopf restarts a worker that raised; a bug that raises every time would
+# repeat whatever came before it (a token mint, a request) every few seconds.
+MAX_WORKER_ERRORS = 3
 
 
 async def run(ctx: context.SessionContext) -> None:
     if ctx.status.phase in context.TERMINAL:
         return
     try:
+        if (ctx.status.worker_errors or 0) >= MAX_WORKER_ERRORS:
+            message = f"the operator failed {ctx.status.worker_errors} times on this session; see its log"
+            await ctx.fail(Reason.OPERATOR_ERROR, message, Cond.ACCEPTED)
         spec = await accept(ctx)
         lk, bh = await await_credentials(ctx, spec)
-        await end_if_past_deadline(ctx)
+        if not ctx.status.runner_pod and ctx.status.cloud_request is None:
+            await ctx.end_if_past_deadline("before the avatar was started")
         if spec.mode == spec_mod.Mode.LOCAL:
             await local_mode.start(ctx, spec, lk, bh)
         else:
@@ -44,11 +51,15 @@ async def run(ctx: context.SessionContext) -> None:
         await room_watch.watch(ctx, spec, lk)
     except context.Ended:
         pass
-    except Exception:
-        # kopf retries the daemon after an error; what was decided before
-        # it is still true, so it is written rather than lost.
+    except Exception as e:
+        # kopf retries the daemon after an error; what was decided before it
+        # is still true, so it is written rather than lost, with the count.
         with contextlib.suppress(Exception):
-            await ctx.flush()
+            await ctx.record(
+                worker_errors=(ctx.status.worker_errors or 0) + 1,
+                event=(Reason.OPERATOR_ERROR, f"the operator's worker failed ({type(e).__name__}); it is retried"),
+                warning=True,
+            )
         raise
     finally:
         ctx.clients.mailboxes.forget(ctx.ref.uid)
@@ -79,14 +90,6 @@ async def accept(ctx: context.SessionContext) -> spec_mod.AvatarSessionSpec:
         flush=False,
     )
     return spec
-
-
-async def end_if_past_deadline(ctx: context.SessionContext) -> None:
-    """A session whose maxDuration ran out while it waited (for Secrets, say) starts nothing."""
-    live = ctx.live_spec()
-    left = decisions.seconds_until(decisions.deadline(ctx.status.start_time, live.max_duration), ctx.clients.clock.now())
-    if left is not None and left <= 0 and not ctx.status.runner_pod and ctx.status.cloud_request is None:
-        await ctx.succeed(Reason.MAX_DURATION_REACHED, f"maxDuration of {live.max_duration}s reached before the avatar was started")
 
 
 def secret_names(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec) -> set[str]:
@@ -124,10 +127,10 @@ async def await_credentials(
                     event=(e.reason, e.message),
                     warning=True,
                 )
-            left = decisions.seconds_until(decisions.deadline(ctx.status.start_time, ctx.live_spec().max_duration), ctx.clients.clock.now())
+            left = ctx.seconds_left()
             if await ctx.clients.clock.wait(ctx.stopped, delay if left is None else max(0.0, min(delay, left))):
                 raise context.Ended from None
-            await end_if_past_deadline(ctx)
+            await ctx.end_if_past_deadline("while waiting for credentials")
             delay = min(delay * 2, CREDENTIALS_MAX_WAIT_S)
             continue
         await _credentials_found(ctx)
