@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from avatar_operator import settings
-from avatar_operator.api import spec
+from avatar_operator.api import names, spec
 from avatar_operator.clients import livekit as room
 from avatar_operator.controller import podstate
 from livekit.protocol import models
@@ -48,12 +48,12 @@ def test_room_view_ready_only_with_a_published_video_track() -> None:
     audio = models.TrackInfo(type=models.TrackType.AUDIO)
     avatar = models.ParticipantInfo(identity="bithuman-avatar-agent", tracks=[audio])
     agent = models.ParticipantInfo(identity="agent")
-    v = room.view([avatar, agent], "bithuman-avatar-agent")
+    v = room.view([avatar, agent], "bithuman-avatar-agent", "uid-1")
     assert v.avatar_present and not v.avatar_publishing_video
     avatar.tracks.append(video)
-    assert room.view([avatar], "bithuman-avatar-agent").avatar_publishing_video
+    assert room.view([avatar], "bithuman-avatar-agent", "uid-1").avatar_publishing_video
     muted = models.ParticipantInfo(identity="a", tracks=[models.TrackInfo(type=models.TrackType.VIDEO, muted=True)])
-    assert not room.view([muted], "a").avatar_publishing_video
+    assert not room.view([muted], "a", "uid-1").avatar_publishing_video
 
 
 def test_room_service_url_from_signalling_url() -> None:
@@ -117,3 +117,21 @@ async def test_room_client_signs_one_room_admin_token_per_room_and_reuses_it() -
             # Admin of its own room only: not room_list, not room_create, no other room.
             assert grants.room_admin and grants.room == name
             assert not grants.room_list and not grants.room_create and not grants.room_join
+
+
+def test_room_view_does_not_take_another_sessions_avatar_of_the_same_identity_for_its_own() -> None:
+    video = models.TrackInfo(type=models.TrackType.VIDEO)
+    theirs = models.ParticipantInfo(identity="bithuman-avatar-agent", tracks=[video], attributes={names.SESSION_ATTRIBUTE: "uid-2"})
+    assert not room.view([theirs], "bithuman-avatar-agent", "uid-1").avatar_present
+    ours = models.ParticipantInfo(identity="bithuman-avatar-agent", tracks=[video], attributes={names.SESSION_ATTRIBUTE: "uid-1"})
+    assert room.view([ours], "bithuman-avatar-agent", "uid-1").avatar_publishing_video
+    legacy = models.ParticipantInfo(identity="bithuman-avatar-agent", tracks=[video])  # a token from before the attribute
+    assert room.view([legacy], "bithuman-avatar-agent", "uid-1").avatar_publishing_video
+
+
+def test_livekit_refusing_the_key_is_told_from_livekit_down() -> None:
+    from livekit import api
+
+    assert room.is_credentials_refused(api.TwirpError("unauthenticated", "invalid token", status=401))
+    assert not room.is_credentials_refused(api.TwirpError("unavailable", "down", status=503))
+    assert not room.is_credentials_refused(ConnectionError("refused"))

@@ -9,6 +9,7 @@ See `worker_fakes` for the fakes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import itertools
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from avatar_operator.controller import decisions, worker
+from avatar_operator.controller import claims, context, decisions, worker
 from avatar_runner import contract
 
 from tests.fakes.bithuman_api import FakeBithumanAPI
@@ -519,3 +520,51 @@ async def test_a_worker_that_keeps_failing_fails_the_session_instead_of_looping(
     assert cond(end, "Ready")["reason"] == "OperatorError"
     assert "3 times" in cond(end, "Accepted")["message"]
     assert [e.reason for e in h.events.warnings()].count("OperatorError") == worker.MAX_WORKER_ERRORS + 1
+
+
+class FakeClaims:
+    """kopf's index of every session's (LiveKit URL, room, identity)."""
+
+    def __init__(self, *found: claims.Claim) -> None:
+        self.found = list(found)
+
+    def claims(self, key: claims.Key) -> list[claims.Claim]:
+        return list(self.found)
+
+
+async def test_a_session_waits_while_an_older_one_holds_its_avatar_identity() -> None:
+    h = Harness.make(local_spec())
+    older = claims.Claim(NAMESPACE, "first", "uid-first", "2024-12-31T23:00:00Z", active=True)
+    mine = claims.Claim(NAMESPACE, NAME, UID, "2025-01-01T00:00:00Z", active=True)
+    index = FakeClaims(older, mine)
+    h.ctx.claims = index
+
+    def first_ends() -> None:
+        index.found = [dataclasses.replace(older, active=False), mine]
+
+    h.clock.at(10, first_ends)
+    h.clock.at(12, h.launcher.scheduled)
+    await h.run(until=20)
+
+    waiting = h.kube.writes[0]
+    assert waiting.phase == "Pending" and cond(waiting, "Accepted")["reason"] == "AvatarIdentityInUse"
+    assert f"{NAMESPACE}/first" in cond(waiting, "Accepted")["message"]
+    (started,) = h.launcher.started
+    assert h.kube.first("Starting").t >= 12  # nothing started while the other held the identity
+    assert cond(h.kube.last, "Accepted")["status"] == "True"
+
+
+def test_the_oldest_active_claim_holds_the_identity() -> None:
+    a = claims.Claim("n", "a", "ua", "2025-01-01T00:00:00Z", True)
+    b = claims.Claim("n", "b", "ub", "2025-01-01T00:00:05Z", True)
+    assert claims.holder([b, a], "ub") == a
+    assert claims.holder([b, a], "ua") is None
+    assert claims.holder([dataclasses.replace(a, active=False), b], "ub") is None
+    assert claims.holder([], "ua") is None
+
+
+async def test_the_phase_never_goes_backwards() -> None:
+    h = ready(local())
+    await h.run(until=10)
+    await h.ctx.record(phase=context.Phase.STARTING)
+    assert h.ctx.status.phase == "Running"

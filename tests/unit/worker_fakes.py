@@ -276,13 +276,13 @@ class FakeRoom:
     def recover(self) -> None:
         self.down = None
 
-    async def observe(self, room: str, avatar_identity: str) -> livekit.RoomView:
+    async def observe(self, room: str, avatar_identity: str, session_uid: str) -> livekit.RoomView:
         self.observed.append(self.clock.t)
         if self.down is not None:
             raise self.down
         return livekit.RoomView(avatar_present=self.avatar_present, avatar_publishing_video=self.avatar_publishing_video)
 
-    async def remove(self, room: str, identity: str) -> bool:
+    async def remove(self, room: str, identity: str, session_uid: str) -> bool:
         self.removed.append((room, identity))
         was = self.avatar_present
         self.leave()

@@ -22,6 +22,9 @@ FINALIZER = f"{GROUP}/cleanup"
 MANAGER = "avatar-operator"
 
 SESSION_LABEL = f"{GROUP}/session"
+# The avatar's participant attribute naming the session (its uid) whose token it joined with:
+# two sessions' avatars of one identity are told apart by it, and cleanup removes only its own.
+SESSION_ATTRIBUTE = f"{GROUP}/session"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 

@@ -58,6 +58,7 @@ class Reason(StrEnum):
 
     VALID = "Valid"
     INVALID_SPEC = "InvalidSpec"
+    AVATAR_IDENTITY_IN_USE = "AvatarIdentityInUse"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_MISSING = "SecretKeyMissing"
     SECRET_VALUE_INVALID = "SecretValueInvalid"
@@ -74,6 +75,7 @@ class Reason(StrEnum):
     REQUEST_REJECTED = "RequestRejected"
     RETRIES_EXHAUSTED = "RetriesExhausted"
     LIVEKIT_UNREACHABLE = "LiveKitUnreachable"
+    LIVEKIT_CREDENTIALS_REFUSED = "LiveKitCredentialsRefused"
     WAITING_FOR_AVATAR = "WaitingForAvatar"
     AVATAR_PUBLISHING = "AvatarPublishing"
     AVATAR_LEFT = "AvatarLeft"

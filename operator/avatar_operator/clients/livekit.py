@@ -16,6 +16,8 @@ import aiohttp
 from livekit import api
 from livekit.protocol import models
 
+from avatar_operator.api import names
+
 
 @dataclasses.dataclass(frozen=True)
 class RoomView:
@@ -31,8 +33,25 @@ def http_url(livekit_url: str) -> str:
     return livekit_url
 
 
-def view(participants: Sequence[models.ParticipantInfo], avatar_identity: str) -> RoomView:
-    avatar = next((p for p in participants if p.identity == avatar_identity), None)
+def is_ours(participant: models.ParticipantInfo, session_uid: str) -> bool:
+    """The participant joined with this session's token (its attribute names the session).
+
+    One without the attribute counts as ours: a token minted before it existed."""
+    owner = participant.attributes.get(names.SESSION_ATTRIBUTE)
+    return not owner or owner == session_uid
+
+
+def is_credentials_refused(error: BaseException) -> bool:
+    """LiveKit refused the API key or its signature (HTTP 401/403), as opposed to not answering."""
+    return isinstance(error, api.TwirpError) and (
+        error.code in (api.TwirpErrorCode.UNAUTHENTICATED, api.TwirpErrorCode.PERMISSION_DENIED)
+        or error.status in (401, 403)
+    )
+
+
+def view(participants: Sequence[models.ParticipantInfo], avatar_identity: str, session_uid: str) -> RoomView:
+    """What the room says of this session's avatar: another session's avatar of the same identity is not it."""
+    avatar = next((p for p in participants if p.identity == avatar_identity and is_ours(p, session_uid)), None)
     publishing = avatar is not None and any(
         t.type == models.TrackType.VIDEO and not t.muted for t in avatar.tracks
     )
@@ -71,7 +90,7 @@ class Client:
         self._rooms[room] = (time.monotonic() + TOKEN_TTL.total_seconds() / 2, client)
         return client
 
-    async def observe(self, room: str, avatar_identity: str) -> RoomView:
+    async def observe(self, room: str, avatar_identity: str, session_uid: str) -> RoomView:
         # LiveKitAPI ignores its own timeout when given a session: bound the call here.
         try:
             listed = await asyncio.wait_for(
@@ -81,12 +100,17 @@ class Client:
             if e.code == api.TwirpErrorCode.NOT_FOUND:
                 return RoomView(False, False)
             raise
-        return view(listed.participants, avatar_identity)
+        return view(listed.participants, avatar_identity, session_uid)
 
-    async def remove(self, room: str, identity: str) -> bool:
-        """Removes a participant; False when it (or the room) was already gone. The caller bounds the wait."""
+    async def remove(self, room: str, identity: str, session_uid: str) -> bool:
+        """Removes this session's avatar; False when it (or the room) is gone, or the participant by that
+        identity is another session's. The caller bounds the wait."""
+        who = api.RoomParticipantIdentity(room=room, identity=identity)
         try:
-            await self._for(room).room.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
+            participant = await self._for(room).room.get_participant(who)
+            if not is_ours(participant, session_uid):
+                return False
+            await self._for(room).room.remove_participant(who)
         except api.TwirpError as e:
             if e.code == api.TwirpErrorCode.NOT_FOUND:
                 return False

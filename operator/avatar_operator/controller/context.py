@@ -21,7 +21,7 @@ from avatar_operator.api import conditions, names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.build import token as token_mod
-from avatar_operator.controller import decisions, mailbox, ports
+from avatar_operator.controller import claims, decisions, mailbox, ports
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -29,6 +29,7 @@ Reason = status_mod.Reason
 Change = conditions.Change
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
+PHASE_ORDER = {Phase.PENDING: 0, Phase.STARTING: 1, Phase.RUNNING: 2, Phase.SUCCEEDED: 3, Phase.FAILED: 3}
 
 
 class Ended(Exception):
@@ -42,6 +43,7 @@ class SessionContext:
     clients: ports.Clients
     logger: logging.Logger | kopf.Logger
     stopped: ports.Flag
+    claims: claims.Index = dataclasses.field(default_factory=claims.NoClaims)
     ref: names.SessionRef = dataclasses.field(init=False)
     mailbox: mailbox.Mailbox = dataclasses.field(init=False)
     # What the worker has decided, and what the API server has of it.
@@ -86,8 +88,8 @@ class SessionContext:
         for change in changes:
             conds = conditions.set_condition(conds, change, self.generation, now)
         update: dict[str, Any] = {"conditions": conds, "observed_generation": self.generation, **fields}
-        if phase is not None:
-            update["phase"] = phase
+        if phase is not None and PHASE_ORDER[phase] >= PHASE_ORDER[self.status.phase or Phase.PENDING]:
+            update["phase"] = phase  # never backwards: Running does not turn Starting again
         self.status = self.status.model_copy(update=update)
         if flush:
             await self.flush()
@@ -164,6 +166,8 @@ class SessionContext:
     ) -> str:
         """The avatar's room token, signed with the session's LiveKit key."""
         identity_, name = identity(spec)
+        # Its session's uid rides along, so cleanup and Ready can tell this avatar from another of its identity.
+        attributes = {names.SESSION_ATTRIBUTE: self.ref.uid, **(attributes or {})}
         return token_mod.avatar_token(
             api_key=api_key,
             api_secret=api_secret,

@@ -14,7 +14,7 @@ from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.clients import kube as kube_mod
 from avatar_operator.clients import livekit
-from avatar_operator.controller import context, credentials, mailbox, ports, storage, teardown, worker
+from avatar_operator.controller import claims, context, credentials, mailbox, ports, storage, teardown, worker
 
 RESOURCE = (names.GROUP, names.VERSION, names.PLURAL)
 
@@ -56,12 +56,33 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     await clients.kube.close()
 
 
+@kopf.index(*RESOURCE)
+def avatar_claims(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[claims.Key, claims.Claim]:
+    """Every session's (LiveKit URL, room, avatar identity), kept by kopf in memory."""
+    return claims.entry(body, memo.settings.livekit.url)
+
+
+class _KopfClaims:
+    def __init__(self, index: kopf.Index[claims.Key, claims.Claim]) -> None:
+        self._index = index
+
+    def claims(self, key: claims.Key) -> list[claims.Claim]:
+        return list(self._index.get(key, ()))
+
+
 @kopf.daemon(*RESOURCE, cancellation_timeout=10.0, backoff=5.0)
 async def run_session(
-    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
 ) -> None:
     """The session's worker: from applied to ended. Restarted for each session when the operator starts."""
-    ctx = context.SessionContext(body=body, settings=memo.settings, clients=memo.clients, logger=logger, stopped=stopped)
+    index = _KopfClaims(kwargs["avatar_claims"])  # kopf passes each index by its function's name
+    ctx = context.SessionContext(
+        body=body, settings=memo.settings, clients=memo.clients, logger=logger, stopped=stopped, claims=index
+    )
     with metrics.track(ctx):
         await worker.run(ctx)
 

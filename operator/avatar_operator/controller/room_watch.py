@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
+from avatar_operator.clients import livekit
 from avatar_operator.controller import context, credentials, decisions, local_mode, ports, teardown
 
 Phase = status_mod.Phase
@@ -49,10 +50,13 @@ async def poll_room(
 ) -> decisions.Presence:
     """Asks LiveKit about the room once and records what it says."""
     try:
-        seen = await room.observe(spec.room, identity)
+        seen = await room.observe(spec.room, identity, ctx.ref.uid)
     except Exception as e:  # noqa: BLE001 - LiveKit down must not fail the session
-        message = f"cannot ask LiveKit about room {spec.room!r}: {e}"
-        await ctx.record(changes=(Change(Cond.READY, False, Reason.LIVEKIT_UNREACHABLE, message),), flush=False)
+        if livekit.is_credentials_refused(e):
+            reason, message = Reason.LIVEKIT_CREDENTIALS_REFUSED, f"LiveKit refused the session's API key (check its LiveKit Secret): {e}"
+        else:
+            reason, message = Reason.LIVEKIT_UNREACHABLE, f"cannot ask LiveKit about room {spec.room!r}: {e}"
+        await ctx.record(changes=(Change(Cond.READY, False, reason, message),), flush=False)
         return presence
     verdict, presence = decisions.observe(presence, seen, ctx.clients.clock.monotonic(), ctx.settings.timing.absence_grace_s)
     if verdict is Verdict.PUBLISHING and not ctx.is_true(Cond.READY):

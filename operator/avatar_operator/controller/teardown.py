@@ -23,7 +23,7 @@ async def stop_session(
     if room is None:
         return "no LiveKit credentials to remove the avatar participant with"
     try:
-        await asyncio.wait_for(room.remove(spec.room, identity), timeout_s)
+        await asyncio.wait_for(room.remove(spec.room, identity, ref.uid), timeout_s)
     except Exception as e:  # noqa: BLE001 - deletion must let go even when LiveKit is down
         return f"could not remove avatar {identity!r} from room {spec.room!r}: {e or type(e).__name__}"
     return None

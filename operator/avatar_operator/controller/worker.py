@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.api import validation
-from avatar_operator.controller import cloud_mode, context, credentials, local_mode, room_watch
+from avatar_operator.controller import claims, cloud_mode, context, credentials, local_mode, room_watch
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -31,6 +31,8 @@ CREDENTIALS_MAX_WAIT_S = 30.0
 # kopf restarts a worker that raised; a bug that raises every time would
 # repeat whatever came before it (a token mint, a request) every few seconds.
 MAX_WORKER_ERRORS = 3
+# How often a session waiting for another's avatar identity looks again (kopf's index: no API call).
+IDENTITY_RECHECK_S = 2.0
 
 
 async def run(ctx: context.SessionContext) -> None:
@@ -41,6 +43,7 @@ async def run(ctx: context.SessionContext) -> None:
             message = f"the operator failed {ctx.status.worker_errors} times on this session; see its log"
             await ctx.fail(Reason.OPERATOR_ERROR, message, Cond.ACCEPTED)
         spec = await accept(ctx)
+        await await_avatar_identity(ctx, spec)
         lk, bh = await await_credentials(ctx, spec)
         if not ctx.status.runner_pod and ctx.status.cloud_request is None:
             await ctx.end_if_past_deadline("before the avatar was started")
@@ -90,6 +93,26 @@ async def accept(ctx: context.SessionContext) -> spec_mod.AvatarSessionSpec:
         flush=False,
     )
     return spec
+
+
+async def await_avatar_identity(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec) -> None:
+    """Waits while an older session puts the same avatar identity in the same room (see `claims`)."""
+    if ctx.status.runner_pod or ctx.status.cloud_request is not None:
+        return  # started already: it holds the identity
+    key = claims.key(spec, ctx.settings.livekit.url)
+    waited = False
+    while (other := claims.holder(ctx.claims.claims(key), ctx.ref.uid)) is not None:
+        if not waited:
+            message = claims.in_use_message(other, key[2], spec.room)
+            change = Change(Cond.ACCEPTED, False, Reason.AVATAR_IDENTITY_IN_USE, message)
+            await ctx.record(phase=Phase.PENDING, changes=(change,), event=(Reason.AVATAR_IDENTITY_IN_USE, message), warning=True)
+            waited = True
+        if await ctx.clients.clock.wait(ctx.stopped, IDENTITY_RECHECK_S):
+            raise context.Ended
+        await ctx.end_if_past_deadline("while another session held its avatar identity")
+    if waited:
+        free = f"{spec.mode.value} mode session accepted; avatar identity {key[2]!r} is free in room {spec.room!r}"
+        await ctx.record(changes=(Change(Cond.ACCEPTED, True, Reason.VALID, free),), flush=False)
 
 
 def secret_names(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec) -> set[str]:
