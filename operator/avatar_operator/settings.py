@@ -77,6 +77,9 @@ class TimingSettings(_Group):
     # How long a Ready avatar must be missing from its room before the session
     # ends: LiveKit restarts and client reconnects hide it for seconds.
     absence_grace_s: NonNegativeSeconds = Field(20.0, validation_alias="AVATAR_ABSENCE_GRACE")
+    # How long the operator watches a room for a cloud avatar whose request had
+    # an outcome it can't know (a timeout; a deletion mid-request), to remove it.
+    late_avatar_guard_s: NonNegativeSeconds = Field(60.0, validation_alias="AVATAR_LATE_AVATAR_GUARD")
 
 
 class NamespaceSettings(_Group):

@@ -347,9 +347,9 @@ async def bithuman_api() -> AsyncIterator[FakeBithumanAPI]:
         yield api
 
 
-def cloud(api: FakeBithumanAPI, http: aiohttp.ClientSession, **kwargs: Any) -> Harness:
+def cloud(api: FakeBithumanAPI, http: aiohttp.ClientSession, *, spec: dict[str, Any] | None = None, **kwargs: Any) -> Harness:
     env = {"AVATAR_BITHUMAN_API_URL": api.url, "AVATAR_BITHUMAN_MINT_URL": api.mint_url, "AVATAR_ABSENCE_GRACE": str(GRACE)}
-    return Harness.make(cloud_spec(), env=env, http=http, **kwargs)
+    return Harness.make(cloud_spec(**(spec or {})), env=env, http=http, **kwargs)
 
 
 async def test_cloud_session_sends_once_then_runs(bithuman_api: FakeBithumanAPI, http: aiohttp.ClientSession) -> None:
@@ -568,3 +568,33 @@ async def test_the_phase_never_goes_backwards() -> None:
     await h.run(until=10)
     await h.ctx.record(phase=context.Phase.STARTING)
     assert h.ctx.status.phase == "Running"
+
+
+async def test_an_uncertain_failure_removes_the_avatar_that_comes_after_it(
+    bithuman_api: FakeBithumanAPI, http: aiohttp.ClientSession
+) -> None:
+    """Every attempt broke after it was sent: bitHuman may have started the avatar; it is removed when it joins."""
+    bithuman_api.script([{"drop": True}, {"drop": True}])
+    h = cloud(bithuman_api, http, spec={"connection": {"maxRetry": 2, "retryInterval": 0.01, "timeout": 2}})
+    h.clock.at(30, h.room.publish)  # the avatar bitHuman started after all
+    await h.run(until=200)
+
+    end = ended(h)
+    assert cond(end, "CloudRequestAccepted")["reason"] == "RetriesExhausted"
+    assert "watches room" in cond(end, "CloudRequestAccepted")["message"]
+    assert h.room.removed == [(ROOM, AVATAR)]
+    assert "LateAvatarRemoved" in [e.reason for e in h.events.warnings()]
+
+
+async def test_a_certain_failure_watches_nothing(http: aiohttp.ClientSession) -> None:
+    """Connection refused: nothing was sent, so nothing can come."""
+    h = Harness.make(
+        cloud_spec(connection={"maxRetry": 2, "retryInterval": 0.01, "timeout": 2}),
+        env={"AVATAR_BITHUMAN_API_URL": "http://127.0.0.1:9/v1/runtime-tokens/request", "AVATAR_BITHUMAN_MINT_URL": "http://127.0.0.1:9/mint"},
+        http=http,
+    )
+    await h.run(until=200)
+
+    end = ended(h)
+    assert "watches room" not in cond(end, "Ready")["message"]
+    assert h.room.observed == []

@@ -74,6 +74,7 @@ class Reason(StrEnum):
     REQUEST_ACCEPTED = "RequestAccepted"
     REQUEST_REJECTED = "RequestRejected"
     RETRIES_EXHAUSTED = "RetriesExhausted"
+    LATE_AVATAR_REMOVED = "LateAvatarRemoved"
     LIVEKIT_UNREACHABLE = "LiveKitUnreachable"
     LIVEKIT_CREDENTIALS_REFUSED = "LiveKitCredentialsRefused"
     WAITING_FOR_AVATAR = "WaitingForAvatar"

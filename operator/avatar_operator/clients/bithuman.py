@@ -83,6 +83,9 @@ class Rejected:
 @dataclass(frozen=True)
 class RetriesExhausted:
     message: str  # the last attempt's error
+    # An attempt failed after the request may have reached the server (a
+    # timeout, a dropped or broken answer): it may have started an avatar.
+    uncertain: bool = False
 
 
 Outcome = Accepted | Rejected | RetriesExhausted
@@ -114,6 +117,7 @@ class _Retry:
     message: str
     status: int | None  # the server's status; None when no (parsable) answer came
     retry_after: float | None = None  # a 429's Retry-After, in seconds
+    uncertain: bool = False  # see RetriesExhausted
 
 
 async def send(
@@ -139,6 +143,7 @@ async def send(
     current = _reader(policy)
     secrets = req.sensitive_values()
     attempt = 0
+    uncertain = False
     step = current()
     while True:
         attempt += 1
@@ -147,6 +152,7 @@ async def send(
         answer = await _attempt(session, req, step, secrets)
         if not isinstance(answer, _Retry):
             return CloudResult(answer, attempt, answer.status)
+        uncertain = uncertain or answer.uncertain
         logger.warning(
             "bitHuman request attempt %d/%d failed: %s", attempt, step.max_retry, answer.message
         )
@@ -160,7 +166,7 @@ async def send(
         step = current()
         if attempt >= step.max_retry:
             break
-    return CloudResult(RetriesExhausted(answer.message), attempt, answer.status)
+    return CloudResult(RetriesExhausted(answer.message, uncertain), attempt, answer.status)
 
 
 def _reader(policy: PolicySource) -> Callable[[], RetryPolicy]:
@@ -196,7 +202,9 @@ async def _attempt(
             retry_after = resp.headers.get("Retry-After")
             reason = resp.reason or ""
     except _REQUEST_ERRORS as err:
-        return _Retry(_redact(_describe(err, policy), secrets)[:MESSAGE_LIMIT], None)
+        # Only a refused connection surely sent nothing.
+        sent = not isinstance(err, aiohttp.ClientConnectorError)
+        return _Retry(_redact(_describe(err, policy), secrets)[:MESSAGE_LIMIT], None, uncertain=sent)
     if 200 <= status < 300:
         return Accepted(status, body)
     text = body.decode("utf-8", errors="replace").strip() or reason

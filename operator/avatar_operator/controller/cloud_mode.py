@@ -9,7 +9,7 @@ from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.build import cloud_request
 from avatar_operator.clients import bithuman
-from avatar_operator.controller import context, credentials
+from avatar_operator.controller import context, credentials, late_avatar, ports
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -39,7 +39,8 @@ async def start(
         sent = status_mod.CloudRequest(idempotency_key=ctx.ref.uid, sent_time=ctx.now())
         await ctx.record(cloud_request=sent, flush=False)
     request = await _request(ctx, spec, lk, bh, sent.idempotency_key)
-    await _send(ctx, request, sent, context.identity(spec)[0])
+    room = ctx.clients.rooms.get(lk.url, lk.api_key, lk.api_secret)
+    await _send(ctx, room, request, sent, context.identity(spec)[0])
 
 
 def retry_policy(ctx: context.SessionContext) -> bithuman.RetryPolicy:
@@ -119,7 +120,11 @@ async def _room_credential(
 
 
 async def _send(
-    ctx: context.SessionContext, request: cloud_request.CloudRequest, sent: status_mod.CloudRequest, identity: str
+    ctx: context.SessionContext,
+    room: ports.RoomApi,
+    request: cloud_request.CloudRequest,
+    sent: status_mod.CloudRequest,
+    identity: str,
 ) -> None:
     """Sends with retry and records the outcome: Starting, or Failed with the server's reason."""
 
@@ -135,7 +140,13 @@ async def _send(
         # A Retry-After longer than what is left of maxDuration: the session ends unsent.
         await ctx.end_if_past_deadline("before the bitHuman API accepted the request")
 
-    result = await bithuman.send(ctx.clients.http, request, lambda: retry_policy(ctx), sleep=sleep, on_attempt=on_attempt)
+    flights = ctx.clients.flights
+    flights.start(ctx.ref.uid)
+    result: bithuman.CloudResult | None = None
+    try:
+        result = await bithuman.send(ctx.clients.http, request, lambda: retry_policy(ctx), sleep=sleep, on_attempt=on_attempt)
+    finally:  # a cancelled request (the session deleted mid-flight) may have reached bitHuman
+        flights.settle(ctx.ref.uid, may_have_started=_may_have_started(None if result is None else result.outcome))
     outcome = result.outcome
     if isinstance(outcome, bithuman.Accepted):
         await ctx.record(
@@ -150,8 +161,34 @@ async def _send(
         )
     elif isinstance(outcome, bithuman.Rejected):
         await ctx.fail(Reason.REQUEST_REJECTED, f"bitHuman API refused the request: HTTP {outcome.status}: {outcome.message}", Cond.CLOUD_REQUEST_ACCEPTED)
+    elif outcome.uncertain:
+        await _exhausted_uncertain(ctx, room, result.attempts, outcome.message, identity)
     else:
         await ctx.fail(Reason.RETRIES_EXHAUSTED, f"bitHuman API unreachable after {result.attempts} attempt(s): {outcome.message}", Cond.CLOUD_REQUEST_ACCEPTED)
+
+
+def _may_have_started(outcome: bithuman.Outcome | None) -> bool:
+    if isinstance(outcome, bithuman.Rejected):
+        return False
+    return not (isinstance(outcome, bithuman.RetriesExhausted) and not outcome.uncertain)
+
+
+async def _exhausted_uncertain(ctx: context.SessionContext, room: ports.RoomApi, attempts: int, last: str, identity: str) -> None:
+    """Failed; but bitHuman may have started the avatar all the same: watch the room and remove it if it comes."""
+    guard_s = ctx.settings.timing.late_avatar_guard_s
+    spec = ctx.live_spec()
+    message = (
+        f"bitHuman API unreachable after {attempts} attempt(s): {last}; an attempt may have reached it, so the "
+        f"operator watches room {spec.room!r} for {guard_s:g}s and removes the avatar if it comes"
+    )
+    changes = (Change(Cond.CLOUD_REQUEST_ACCEPTED, False, Reason.RETRIES_EXHAUSTED, message), Change(Cond.READY, False, Reason.RETRIES_EXHAUSTED, message))
+    await ctx.record(phase=Phase.FAILED, changes=changes, event=(Reason.RETRIES_EXHAUSTED, message), warning=True, end_time=ctx.now())
+    if await late_avatar.remove_when_it_comes(
+        room, ctx.clients.clock, ctx.stopped, room_name=spec.room, identity=identity, uid=ctx.ref.uid, for_s=guard_s
+    ):
+        removed = f"the avatar bitHuman started after the request failed joined room {spec.room!r}; removed it"
+        await ctx.record(event=(Reason.LATE_AVATAR_REMOVED, removed), warning=True)
+    raise context.Ended
 
 
 async def image_bytes(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec) -> bytes | None:

@@ -7,11 +7,13 @@ from typing import Any
 
 import aiohttp
 import kopf
+import pydantic
 
 from avatar_operator import launchers, metrics
 from avatar_operator import settings as settings_mod
 from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
+from avatar_operator.api import status as status_mod
 from avatar_operator.clients import kube as kube_mod
 from avatar_operator.clients import livekit
 from avatar_operator.controller import claims, context, credentials, mailbox, ports, storage, teardown, worker
@@ -51,6 +53,8 @@ def make_clients(settings: settings_mod.Settings) -> ports.Clients:
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     clients: ports.Clients = memo.clients
+    for task in list(clients.background):
+        task.cancel()
     await clients.launcher.close()
     await clients.http.close()
     await clients.kube.close()
@@ -117,6 +121,15 @@ async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: A
     warning = await teardown.stop_session(clients, ref, spec, room, identity, settings.timing.cleanup_timeout_s)
     if warning and (spec.mode == spec_mod.Mode.CLOUD or settings.runner.launcher == settings_mod.Launcher.PROCESS):
         kopf.warn(body, reason="CleanupIncomplete", message=warning)
+    try:
+        status = status_mod.from_wire(body.get("status"))
+    except pydantic.ValidationError:  # a status this operator did not write: deletion must still let go
+        status = status_mod.AvatarSessionStatus()
+    if room is not None and spec.mode == spec_mod.Mode.CLOUD and teardown.may_have_an_avatar_coming(clients, ref.uid, status):
+        teardown.watch_for_late_avatar(
+            clients, ref, room, room_name=spec.room, identity=identity, for_s=settings.timing.late_avatar_guard_s,
+            warn=lambda message: kopf.warn(body, reason=status_mod.Reason.LATE_AVATAR_REMOVED.value, message=message),
+        )
     clients.mailboxes.forget(ref.uid)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from avatar_operator.clients import livekit
-from avatar_operator.controller import mailbox
+from avatar_operator.controller import flights, mailbox
 from avatar_operator.launchers import base as launcher_base
 
 
@@ -99,14 +99,19 @@ class Clients:
     mailboxes: mailbox.Mailboxes
     clock: Clock = dataclasses.field(default_factory=RealClock)
     events: Events = kopf_events
+    flights: flights.Flights = dataclasses.field(default_factory=flights.Flights)
+    # Work that outlives a handler (watching for a late avatar after deletion); cancelled at exit.
+    background: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
 
 async def sleep(clock: Clock, seconds: float) -> None:
     """A plain sleep on the injected clock."""
-    await clock.wait(_NEVER, seconds)
+    await clock.wait(NEVER, seconds)
 
 
 class _Never:
+    """A flag never set: a plain wait."""
+
     def is_set(self) -> bool:
         return False
 
@@ -115,4 +120,4 @@ class _Never:
         return False
 
 
-_NEVER = _Never()
+NEVER: Flag = _Never()

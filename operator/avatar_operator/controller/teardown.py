@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
-from avatar_operator.api import names
+from avatar_operator.api import conditions, names
 from avatar_operator.api import spec as spec_mod
-from avatar_operator.controller import ports
+from avatar_operator.api import status as status_mod
+from avatar_operator.controller import late_avatar, ports
+
+Cond = status_mod.ConditionType
+Reason = status_mod.Reason
 
 
 async def stop_session(
@@ -33,3 +38,47 @@ async def stop_runner(clients: ports.Clients, ref: names.SessionRef) -> None:
     """The runner and its token Secret (the garbage collector would take them too, later)."""
     await clients.launcher.stop(ref)
     await clients.kube.delete("Secret", ref.namespace, names.token_secret_name(ref.name))
+
+
+def may_have_an_avatar_coming(clients: ports.Clients, uid: str, status: status_mod.AvatarSessionStatus) -> bool:
+    """A deleted cloud session whose request is in flight, or accepted (or unknowable) with no avatar seen yet."""
+    if clients.flights.get(uid) is not None:
+        return True
+    refused = conditions.find(status, Cond.CLOUD_REQUEST_ACCEPTED)
+    return (
+        status.cloud_request is not None
+        and status.ready_time is None
+        and not (refused is not None and refused.reason == Reason.REQUEST_REJECTED)
+    )
+
+
+def watch_for_late_avatar(
+    clients: ports.Clients,
+    ref: names.SessionRef,
+    room: ports.RoomApi,
+    *,
+    room_name: str,
+    identity: str,
+    for_s: float,
+    warn: Callable[[str], None],
+) -> None:
+    """In the background (deletion does not wait): the avatar bitHuman may still send is removed when it comes.
+
+    Held in memory only: an operator restart in that window forgets it (the
+    avatar's token expires at maxDuration plus the token margin)."""
+
+    async def watch() -> None:
+        flight = clients.flights.get(ref.uid)
+        if flight is not None:
+            await asyncio.wait_for(flight.done.wait(), for_s)
+            if not flight.may_have_started:
+                return
+        if await late_avatar.remove_when_it_comes(
+            room, clients.clock, ports.NEVER, room_name=room_name, identity=identity, uid=ref.uid, for_s=for_s
+        ):
+            warn(f"an avatar bitHuman started for the deleted session joined room {room_name!r}; removed it")
+
+    task = asyncio.get_running_loop().create_task(watch())
+    clients.background.add(task)
+    task.add_done_callback(clients.background.discard)
+

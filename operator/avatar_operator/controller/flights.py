@@ -1,0 +1,34 @@
+"""The cloud requests in flight, so that deletion knows one may still start an avatar."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+
+@dataclasses.dataclass
+class Flight:
+    """A cloud request in flight: the finalizer waits for it before it watches the room."""
+
+    done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    may_have_started: bool = True
+
+
+class Flights:
+    """The cloud requests in flight, by session uid (one per operator, in kopf's memo)."""
+
+    def __init__(self) -> None:
+        self._flights: dict[str, Flight] = {}
+
+    def start(self, uid: str) -> Flight:
+        flight = self._flights[uid] = Flight()
+        return flight
+
+    def settle(self, uid: str, *, may_have_started: bool) -> None:
+        flight = self._flights.pop(uid, None)
+        if flight is not None:
+            flight.may_have_started = may_have_started
+            flight.done.set()
+
+    def get(self, uid: str) -> Flight | None:
+        return self._flights.get(uid)
