@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 30.0
+# A lost connection is joined again for this long (a livekit-server restart
+# takes seconds to a minute): only then does the runner give up (exit 75).
+REJOIN_WINDOW_S = 120.0
+REJOIN_DELAY_S = 2.0
 # Each shutdown step gets this long, so SIGTERM ends the process in seconds.
 CLOSE_STEP_TIMEOUT_S = 2.0
 
@@ -44,7 +48,6 @@ _SESSION_ENDED_BY_SERVER = {
     _DisconnectReason.ROOM_DELETED: "the room was deleted",
     _DisconnectReason.ROOM_CLOSED: "the room was closed",
     _DisconnectReason.PARTICIPANT_REMOVED: "the avatar was removed from the room",
-    _DisconnectReason.SERVER_SHUTDOWN: "the LiveKit server shut down",
     _DisconnectReason.DUPLICATE_IDENTITY: "another participant joined with the avatar's identity",
 }
 # What the Rust SDK's ConnectError says when the server refused the token.
@@ -75,6 +78,9 @@ def disconnect_outcome(reason: rtc.DisconnectReason.ValueType) -> Outcome:
     ended = _SESSION_ENDED_BY_SERVER.get(reason)
     if ended is not None:
         return Outcome(ExitCode.OK, ended)
+    if reason == _DisconnectReason.SERVER_SHUTDOWN:
+        # A restart or a rolling update, most often: joined again (see _rejoining).
+        return Outcome(ExitCode.ROOM_UNREACHABLE, f"the LiveKit server shut down ({_DisconnectReason.Name(reason)})")
     return Outcome(
         ExitCode.ROOM_UNREACHABLE, f"lost the connection to LiveKit ({_DisconnectReason.Name(reason)})"
     )
@@ -120,11 +126,35 @@ async def run_session(
         renderer.name, *renderer.resolution, renderer.fps, renderer.sample_rate,
     )
     try:
-        return await _in_room(config, renderer, metrics, started_at, stop)
+        return await _rejoining(config, renderer, metrics, started_at, stop)
     except _Stopped:
         return Outcome(ExitCode.OK, stop.reason)
     finally:
         await _bounded(renderer.aclose(), "closing the renderer")
+
+
+async def _rejoining(
+    config: RunnerConfig, renderer: Renderer, metrics: RunnerMetrics, started_at: float, stop: StopRequest
+) -> Outcome:
+    """The session in the room; a connection lost after joining is joined again for up to REJOIN_WINDOW_S.
+
+    The first join is not retried: a runner that never got in has a wrong URL
+    or token more often than a server restarting."""
+    lost_at: float | None = None
+    while True:
+        try:
+            outcome = await _in_room(config, renderer, metrics, started_at, stop)
+            lost_at = time.monotonic()  # it was in the room: the window starts now
+        except RunnerFailure as failure:
+            if lost_at is None or failure.outcome.code != ExitCode.ROOM_UNREACHABLE:
+                raise
+            outcome = failure.outcome
+        if outcome.code != ExitCode.ROOM_UNREACHABLE:
+            return outcome
+        if time.monotonic() - lost_at >= REJOIN_WINDOW_S:
+            return Outcome(outcome.code, f"{outcome.reason} (joining again failed for {REJOIN_WINDOW_S:g} s)")
+        log.warning("lost the room: %s; joining again", outcome.reason)
+        await _unless_stopped(asyncio.sleep(REJOIN_DELAY_S), stop)
 
 
 async def _in_room(

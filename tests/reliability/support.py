@@ -5,6 +5,7 @@ Everything here talks to 127.0.0.1 only and bounds every wait in time.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import contextlib
@@ -26,6 +27,7 @@ import jwt
 import kubernetes
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
+from livekit import rtc
 
 from tests.conftest import ROOT, Stack
 from tests.fakes.process import FakeProcess
@@ -609,3 +611,47 @@ def room_participants(stack: Stack, room: str) -> list[dict[str, Any]]:
             return [{"identity": p.identity, "kind": int(p.kind), "attributes": dict(p.attributes), "metadata": p.metadata} for p in res.participants]
 
     return asyncio.run(go())
+
+
+class StandInCloudWorker:
+    """Plays bitHuman's cloud worker: joins with the token the operator sent and publishes
+    video; told to, it leaves and later rejoins with the same token (a reconnection)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+        self.stop = threading.Event()
+        self.leave = threading.Event()
+        self.rejoin = threading.Event()
+        self.events: list[tuple[float, str]] = []
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="stand-in-worker", daemon=True)
+
+    async def _session(self) -> None:
+        room = rtc.Room()
+        room.on("disconnected", lambda reason: self.events.append((time.time(), f"disconnected {reason}")))
+        await room.connect(self.url, self.token)
+        self.events.append((time.time(), "connected"))
+        source = rtc.VideoSource(64, 64)
+        track = rtc.LocalVideoTrack.create_video_track("avatar", source)
+        await room.local_participant.publish_track(track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA))
+        frame = rtc.VideoFrame(64, 64, rtc.VideoBufferType.RGBA, bytes(64 * 64 * 4))
+        while not self.stop.is_set() and not self.leave.is_set():
+            source.capture_frame(frame)
+            await asyncio.sleep(0.1)
+        self.events.append((time.time(), "left"))
+        try:
+            await asyncio.wait_for(room.disconnect(), 5)
+        except Exception:  # noqa: BLE001 - the server may be gone
+            pass
+
+    async def _run(self) -> None:
+        while not self.stop.is_set():
+            self.leave.clear()
+            await self._session()
+            while not self.stop.is_set() and not self.rejoin.is_set():
+                await asyncio.sleep(0.1)
+            self.rejoin.clear()
+
+    @property
+    def connected(self) -> bool:
+        last = [e for _, e in self.events if e in ("connected", "left")]
+        return bool(last) and last[-1] == "connected"

@@ -225,7 +225,7 @@ def test_bithuman_refusals_map_to_exit_codes(error: Exception, code: ExitCode, s
         (rtc.DisconnectReason.ROOM_DELETED, ExitCode.OK),
         (rtc.DisconnectReason.ROOM_CLOSED, ExitCode.OK),
         (rtc.DisconnectReason.PARTICIPANT_REMOVED, ExitCode.OK),
-        (rtc.DisconnectReason.SERVER_SHUTDOWN, ExitCode.OK),
+        (rtc.DisconnectReason.SERVER_SHUTDOWN, ExitCode.ROOM_UNREACHABLE),  # joined again, then 75
         (rtc.DisconnectReason.DUPLICATE_IDENTITY, ExitCode.OK),
         (rtc.DisconnectReason.SIGNAL_CLOSE, ExitCode.ROOM_UNREACHABLE),
         (rtc.DisconnectReason.CONNECTION_TIMEOUT, ExitCode.ROOM_UNREACHABLE),
@@ -247,3 +247,37 @@ def test_connect_failures_tell_a_rejected_token_from_an_unreachable_server() -> 
     )
     assert rejected.outcome.code is ExitCode.TOKEN_REJECTED
     assert unreachable.outcome.code is ExitCode.ROOM_UNREACHABLE
+
+
+async def test_a_lost_connection_is_joined_again_within_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lost after joining: joined again; a first join that fails is not retried; past the window, 75."""
+    from avatar_runner import session
+    from avatar_runner.exits import Outcome, RunnerFailure
+
+    script: list[Outcome | RunnerFailure] = [
+        Outcome(ExitCode.ROOM_UNREACHABLE, "lost the connection to LiveKit (SIGNAL_CLOSE)"),
+        RunnerFailure(ExitCode.ROOM_UNREACHABLE, "cannot reach the LiveKit room"),
+        Outcome(ExitCode.OK, "agent 'a' left the room"),
+    ]
+    joins: list[int] = []
+
+    async def in_room(*_: object) -> Outcome:
+        joins.append(1)
+        step = script.pop(0)
+        if isinstance(step, RunnerFailure):
+            raise step
+        return step
+
+    monkeypatch.setattr(session, "_in_room", in_room)
+    monkeypatch.setattr(session, "REJOIN_DELAY_S", 0.0)
+    outcome = await session._rejoining(None, None, None, 0.0, session.StopRequest())  # type: ignore[arg-type]
+    assert outcome.code is ExitCode.OK and len(joins) == 3
+
+    script[:] = [RunnerFailure(ExitCode.ROOM_UNREACHABLE, "cannot reach the LiveKit room")]
+    with pytest.raises(RunnerFailure):  # never in the room: not retried
+        await session._rejoining(None, None, None, 0.0, session.StopRequest())  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session, "REJOIN_WINDOW_S", 0.0)
+    script[:] = [Outcome(ExitCode.ROOM_UNREACHABLE, "lost the connection to LiveKit (SIGNAL_CLOSE)")]
+    outcome = await session._rejoining(None, None, None, 0.0, session.StopRequest())  # type: ignore[arg-type]
+    assert outcome.code is ExitCode.ROOM_UNREACHABLE and "joining again failed" in outcome.reason
