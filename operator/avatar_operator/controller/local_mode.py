@@ -50,13 +50,13 @@ async def _resume(
     ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, lk: credentials.LiveKitCredentials, pod_name: str
 ) -> None:
     """After a restart, what was made before is looked at once: the pod watch may not have spoken yet."""
-    if ctx.mailbox.pod is not None or ctx.mailbox.pod_deleted:
-        return
     kube, ns = ctx.clients.kube, ctx.ref.namespace
-    pod_obj = await kube.read_pod(ns, pod_name)
-    if ctx.mailbox.pod is None and not ctx.mailbox.pod_deleted:
-        # Gone while the operator was down: the same fact as a deletion seen live.
-        ctx.mailbox.post_pod(pod_obj)
+    pod_obj = ctx.mailbox.pod
+    if pod_obj is None and not ctx.mailbox.pod_deleted:
+        pod_obj = await kube.read_pod(ns, pod_name)
+        if ctx.mailbox.pod is None and not ctx.mailbox.pod_deleted:
+            # Gone while the operator was down: the same fact as a deletion seen live.
+            ctx.mailbox.post_pod(pod_obj)
     if pod_obj is not None and podstate.read(pod_obj).phase not in ("Succeeded", "Failed"):
         if await kube.read_secret(ns, names.token_secret_name(ctx.ref.name)) is None:
             # Its token Secret went while the operator was down: a pod that (re)starts needs it.
