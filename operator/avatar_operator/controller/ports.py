@@ -104,11 +104,6 @@ class Clients:
     background: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
 
-async def sleep(clock: Clock, seconds: float) -> None:
-    """A plain sleep on the injected clock."""
-    await clock.wait(NEVER, seconds)
-
-
 class _Never:
     """A flag never set: a plain wait."""
 
