@@ -22,6 +22,17 @@ on a local process). Blank counts as unset.
     TERMINATION_LOG_PATH   where to write the exit reason (default
                            /dev/termination-log, written only if it exists)
 
+`python -m avatar_runner serve` (a pool runner, `parse_serve_config`) reads
+AVATAR_RENDERER, the BITHUMAN_ variables, AVATAR_IMAGE_FILE, AVATAR_FPS,
+AVATAR_MAX_DURATION (per session, from its launch) and TERMINATION_LOG_PATH
+as above, none of the room's (each launch brings its own), and:
+
+    SERVE_PORT             the launch API (default 8089; 0: a free port, logged)
+    MAX_SESSIONS           sessions at once, 1-256 (default 8)
+    POOL_TOKEN             the Bearer token /launch and /tasks require, or
+    POOL_TOKEN_FILE        a file holding it (a mounted Secret); exactly one:
+                           it never serves unauthenticated
+
 The names and defaults are `avatar_runner.contract`'s, which the operator
 writes from.
 
@@ -38,10 +49,11 @@ import math
 import pathlib
 from collections.abc import Callable, Mapping
 
-from .contract import HEALTH_PORT, TERMINATION_LOG, Env, Renderer
+from .contract import DEFAULT_MAX_SESSIONS, HEALTH_PORT, SERVE_PORT, TERMINATION_LOG, Env, Renderer
 
 DEFAULT_FPS = 25.0
 MAX_FPS = 60.0
+MAX_SESSIONS_LIMIT = 256
 
 class ConfigError(ValueError):
     """A variable is missing or invalid; the message names it and the fix."""
@@ -205,3 +217,82 @@ def parse_config(
 def termination_log_path(env: Mapping[str, str]) -> str:
     """Where to write the exit reason; also used when the rest of `env` is invalid."""
     return _get(env, Env.TERMINATION_LOG_PATH) or TERMINATION_LOG
+
+
+# --- `python -m avatar_runner serve` -------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """A pool runner's configuration: the renderer it loads once, and its launch API."""
+
+    renderer: Renderer
+    bithuman: BithumanSettings | None  # set exactly when renderer is BITHUMAN
+    image_file: str | None
+    fps: float
+    max_duration_s: float | None  # per session, from its launch
+    serve_port: int  # 0: any free port
+    max_sessions: int
+    pool_token: str
+    termination_log: str
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f.name}={'***' if f.name == 'pool_token' else repr(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+        )
+        return f"ServeConfig({fields})"
+
+
+def _bounded_int(env: Mapping[str, str], name: Env, default: int, low: int, high: int, what: str) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be {what}, got {raw!r}")
+    return value
+
+
+def _pool_token(env: Mapping[str, str], read_text: Callable[[str], str]) -> str:
+    inline = _get(env, Env.POOL_TOKEN)
+    path = _get(env, Env.POOL_TOKEN_FILE)
+    if inline is not None and path is not None:
+        raise ConfigError(f"set only one of {Env.POOL_TOKEN} and {Env.POOL_TOKEN_FILE}")
+    if inline is not None:
+        return inline
+    if path is None:
+        raise ConfigError(
+            f"{Env.POOL_TOKEN} or {Env.POOL_TOKEN_FILE} is required: the Bearer token launches must carry"
+            " (the runner never serves unauthenticated)"
+        )
+    try:
+        token = read_text(path).strip()
+    except OSError as err:
+        raise ConfigError(f"{Env.POOL_TOKEN_FILE} {path!r} cannot be read: {err.strerror}") from None
+    if not token:
+        raise ConfigError(f"{Env.POOL_TOKEN_FILE} {path!r} is empty")
+    return token
+
+
+def parse_serve_config(
+    env: Mapping[str, str], read_text: Callable[[str], str] = _read_text
+) -> ServeConfig:
+    """A pool runner's configuration from `env`; raises ConfigError on the first problem."""
+    renderer = _renderer(env)
+    return ServeConfig(
+        renderer=renderer,
+        bithuman=_bithuman(env) if renderer is Renderer.BITHUMAN else None,
+        image_file=_get(env, Env.IMAGE_FILE),
+        fps=_fps(env),
+        max_duration_s=_positive_float(env, Env.MAX_DURATION),
+        serve_port=_bounded_int(env, Env.SERVE_PORT, SERVE_PORT, 0, 65535, "0 (any free port) or a port 1-65535"),
+        max_sessions=_bounded_int(
+            env, Env.MAX_SESSIONS, DEFAULT_MAX_SESSIONS, 1, MAX_SESSIONS_LIMIT, f"between 1 and {MAX_SESSIONS_LIMIT}"
+        ),
+        pool_token=_pool_token(env, read_text),
+        termination_log=termination_log_path(env),
+    )

@@ -28,6 +28,11 @@ class Env(enum.StrEnum):
     MAX_DURATION = "AVATAR_MAX_DURATION"
     HEALTH_PORT = "HEALTH_PORT"
     TERMINATION_LOG_PATH = "TERMINATION_LOG_PATH"
+    # `python -m avatar_runner serve`, a pool runner (see `avatar_runner.serve`)
+    SERVE_PORT = "SERVE_PORT"
+    MAX_SESSIONS = "MAX_SESSIONS"
+    POOL_TOKEN = "POOL_TOKEN"
+    POOL_TOKEN_FILE = "POOL_TOKEN_FILE"
 
 
 class Renderer(enum.StrEnum):
@@ -49,6 +54,13 @@ HEALTH_PORT = 8080  # /healthz, /readyz, /metrics
 HEALTH_PORT_NAME = "health"
 READY_PATH = "/readyz"
 LIVE_PATH = "/healthz"
+
+# `python -m avatar_runner serve`: the launch API of bitHuman's self-hosted
+# avatar container, on its port, so a pool may run either image.
+SERVE_COMMAND = "serve"
+SERVE_PORT = 8089  # /launch, /health, /ready, /tasks/{id}, /tasks/{id}/stop, /metrics
+SERVE_PORT_NAME = "serve"
+DEFAULT_MAX_SESSIONS = 8  # bitHuman's container's default too
 
 CONTAINER_NAME = "runner"  # the runner pod's one container
 # The one writable directory: the runner pod's root filesystem is read-only.

@@ -1,5 +1,9 @@
 """The runner process: configuration, signals, health server, exit status.
 
+`python -m avatar_runner` runs one session; `python -m avatar_runner serve`
+is a pool runner (`avatar_runner.serve`): the same configuration errors,
+exit codes and stderr line.
+
 Logs go to stdout. stderr carries one line, and only on failure: the reason,
 which is also written to the Kubernetes termination log. A launcher reading
 the last stderr line and a pod's `terminationMessage` see the same words.
@@ -13,8 +17,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 
-from .config import ConfigError, RunnerConfig, parse_config, termination_log_path
+from .config import ConfigError, RunnerConfig, parse_config, parse_serve_config, termination_log_path
+from .contract import SERVE_COMMAND
 from .exits import ExitCode, Outcome, RunnerFailure, redact_tokens, write_termination_log
 
 log = logging.getLogger("avatar_runner")
@@ -76,9 +82,26 @@ def _finish(outcome: Outcome, termination_log: str) -> int:
     return int(outcome.code)
 
 
-def main() -> int:
+def _serve() -> int:
+    try:
+        config = parse_serve_config(os.environ)
+    except ConfigError as err:
+        return _finish(Outcome(ExitCode.CONFIG_INVALID, str(err)), termination_log_path(os.environ))
+    log.info("serving: %r", config)
+    from .serve import serve
+
+    return _finish(asyncio.run(serve(config)), config.termination_log)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     started_at = time.monotonic()
     _configure_logging()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == [SERVE_COMMAND]:
+        return _serve()
+    if args:
+        usage = f"usage: python -m avatar_runner [{SERVE_COMMAND}] (got {' '.join(args)!r})"
+        return _finish(Outcome(ExitCode.CONFIG_INVALID, usage), termination_log_path(os.environ))
     try:
         config = parse_config(os.environ)
     except ConfigError as err:
