@@ -76,8 +76,12 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 async def _form(request: web.Request) -> dict[str, Field]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
+    try:
+        posted = await request.post()
+    except ValueError:  # a broken multipart body, or one not in its charset
+        raise LaunchError("body", "the body is not a readable form (urlencoded or multipart)") from None
     fields: dict[str, Field] = {}
-    for name, value in (await request.post()).items():
+    for name, value in posted.items():
         if isinstance(value, web.FileField):
             fields[name] = value.file.read()
         else:
@@ -145,9 +149,8 @@ class LaunchApi:
         if not self._authorised(request):
             self._metrics.launches.labels("unauthorized").inc()
             return self._unauthorised()
-        fields = await _form(request)
         try:
-            launch = parse_launch(fields)
+            launch = parse_launch(await _form(request))
             key = idempotency_key(request.headers.get("Idempotency-Key"))
         except LaunchError as err:
             self._metrics.launches.labels("invalid").inc()
@@ -209,13 +212,13 @@ class LaunchServer:
     """`api` on `port` (0: a free one), all interfaces."""
 
     def __init__(self, api: LaunchApi, port: int) -> None:
-        self._runner = web.AppRunner(api.app(), access_log=None)
+        self._runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=5.0)
         self._port = port
         self.port = port
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host="0.0.0.0", port=self._port, shutdown_timeout=5.0)
+        site = web.TCPSite(self._runner, host="0.0.0.0", port=self._port)
         try:
             await site.start()
         except OSError as err:

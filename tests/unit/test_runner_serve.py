@@ -257,6 +257,23 @@ def test_a_base64_image_is_decoded() -> None:
         assert parse_launch({**form(), "avatar_image": text}).request.image == picture
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data; boundary=xyz", b"garbage"),
+        ("multipart/form-data", b"--x\r\n"),
+        ("application/x-www-form-urlencoded", b"\xff\xfe=%%%"),
+    ],
+)
+async def test_a_broken_body_is_400_not_500(
+    make_api: Callable[..., Awaitable[Api]], content_type: str, body: bytes
+) -> None:
+    served = await make_api()
+    headers = {"Content-Type": content_type}
+    status, answer = await served.launch(body, headers=headers)
+    assert (status, answer["error"], answer["field"]) == (400, "invalid_request", "body")
+
+
 async def test_a_body_over_the_limit_is_413(make_api: Callable[..., Awaitable[Api]]) -> None:
     served = await make_api()
     multipart = aiohttp.FormData()
