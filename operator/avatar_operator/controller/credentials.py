@@ -40,6 +40,10 @@ class LiveKitCredentials:
     url: str
     api_key: str
     api_secret: str = dataclasses.field(repr=False)
+    secret_name: str | None = None  # the Secret they came from (None: the operator's own settings)
+
+    def source(self) -> str:
+        return f"Secret {self.secret_name!r}" if self.secret_name else "the operator's LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +117,7 @@ def livekit(
             raise MissingCredentials(
                 Reason.SECRET_KEY_MISSING, f"Secret {name!r} lacks {' and '.join(missing)}; add the key(s) to it"
             )
-        return LiveKitCredentials(url=url, api_key=data[LIVEKIT_KEY], api_secret=data[LIVEKIT_SECRET])
+        return LiveKitCredentials(url=url, api_key=data[LIVEKIT_KEY], api_secret=data[LIVEKIT_SECRET], secret_name=name)
     if settings.livekit.api_key and settings.livekit.api_secret:
         return LiveKitCredentials(url=url, api_key=settings.livekit.api_key, api_secret=settings.livekit.api_secret)
     raise MissingCredentials(

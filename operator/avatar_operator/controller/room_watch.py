@@ -32,7 +32,7 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
         left = await check_deadline(ctx, spec, room, identity)
         # A runner event wakes the worker early; LiveKit is asked on its own schedule.
         if clock.monotonic() >= next_poll:
-            presence = await poll_room(ctx, spec, room, identity, presence)
+            presence = await poll_room(ctx, spec, room, identity, presence, keys=lk.source())
             next_poll = clock.monotonic() + presence.interval
         ctx.end_if_stopped()
         await ctx.flush()
@@ -47,13 +47,15 @@ async def poll_room(
     room: ports.RoomApi,
     identity: str,
     presence: decisions.Presence,
+    *,
+    keys: str = "its LiveKit Secret",
 ) -> decisions.Presence:
     """Asks LiveKit about the room once and records what it says."""
     try:
         seen = await room.observe(spec.room, identity, ctx.ref.uid)
     except Exception as e:  # noqa: BLE001 - LiveKit down must not fail the session
         if livekit.is_credentials_refused(e):
-            reason, message = Reason.LIVEKIT_CREDENTIALS_REFUSED, f"LiveKit refused the session's API key (check its LiveKit Secret): {e}"
+            reason, message = Reason.LIVEKIT_CREDENTIALS_REFUSED, f"LiveKit refused the API key and secret from {keys}: {e}"
         else:
             reason, message = Reason.LIVEKIT_UNREACHABLE, f"cannot ask LiveKit about room {spec.room!r}: {e}"
         await ctx.record(changes=(Change(Cond.READY, False, reason, message),), flush=False)
