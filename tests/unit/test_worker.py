@@ -598,3 +598,22 @@ async def test_a_certain_failure_watches_nothing(http: aiohttp.ClientSession) ->
     end = ended(h)
     assert "watches room" not in cond(end, "Ready")["message"]
     assert h.room.observed == []
+
+
+@pytest.mark.parametrize(("other", "steps_back"), [("operator-a", True), ("operator-z", False)])
+async def test_of_two_operators_on_one_session_the_higher_named_steps_back(other: str, steps_back: bool) -> None:
+    """Two installs both --standalone: the other's name shows up in status after this one wrote."""
+    h = local()
+    h.clock.at(1, h.launcher.scheduled)
+
+    def the_other_writes() -> None:
+        h.raw["status"] = {**h.raw.get("status", {}), "operator": other}
+
+    h.clock.at(5, the_other_writes)
+    await h.run(until=30)
+
+    assert h.kube.writes[0].status["operator"] == "operator-m"
+    if steps_back:
+        assert h.launcher.released and not any(w.t > 5 for w in h.kube.writes)
+    else:
+        assert not h.launcher.released

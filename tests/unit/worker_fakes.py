@@ -46,6 +46,9 @@ BITHUMAN_SECRET = "bithuman-credentials"
 EPOCH = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 
 
+INSTANCE = "operator-m"  # this operator, as status.operator names it
+
+
 class SimulationLimit(AssertionError):
     """The simulated session ran past its bound: the worker never ended."""
 
@@ -311,6 +314,7 @@ class FakeLauncher:
         self.boxes = boxes
         self.started: list[tuple[names.SessionRef, dict[str, Any], str]] = []
         self.stopped: list[names.SessionRef] = []
+        self.released: list[names.SessionRef] = []
         self.closed = False
 
     async def start(self, ref: names.SessionRef, pod: Mapping[str, Any], token: str) -> None:
@@ -318,6 +322,9 @@ class FakeLauncher:
 
     async def stop(self, ref: names.SessionRef) -> None:
         self.stopped.append(ref)
+
+    async def release(self, ref: names.SessionRef) -> None:
+        self.released.append(ref)
 
     async def close(self) -> None:
         self.closed = True
@@ -469,6 +476,7 @@ class Harness:
             mailboxes=boxes,
             clock=clock,
             events=events,
+            instance=INSTANCE,
         )
         ctx = make_context(raw, clients, stopped, env)
         return cls(raw, clock, kube, room, rooms, launcher, events, stopped, boxes, ctx)

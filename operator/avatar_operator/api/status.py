@@ -142,6 +142,11 @@ class AvatarSessionStatus(KubeModel):
     ready_time: datetime.datetime | None = Field(default=None, description="When the avatar first published video.")
     end_time: datetime.datetime | None = Field(default=None, description="When the session ended.")
     cloud_request: CloudRequest | None = Field(default=None, description="The cloud session request (cloud mode).")
+    operator: Annotated[Text, StringConstraints(max_length=256)] | None = Field(
+        default=None,
+        description="The operator instance acting on the session (its pod name, or host and process). A second "
+        "operator that finds another's writes stops acting: one operator per session.",
+    )
     worker_errors: Int | None = Field(
         default=None,
         description="Unexpected errors of the operator's worker for this session (kopf retries it); at 3 the "

@@ -36,6 +36,10 @@ class Ended(Exception):
     """The session reached a terminal phase, or is gone; the worker stops."""
 
 
+class AnotherOperator(Ended):
+    """Another operator acts on the session; this one lets go of it."""
+
+
 @dataclasses.dataclass
 class SessionContext:
     body: kopf.Body
@@ -87,7 +91,7 @@ class SessionContext:
         conds = self.status.conditions or ()
         for change in changes:
             conds = conditions.set_condition(conds, change, self.generation, now)
-        update: dict[str, Any] = {"conditions": conds, "observed_generation": self.generation, **fields}
+        update: dict[str, Any] = {"conditions": conds, "observed_generation": self.generation, "operator": self.clients.instance, **fields}
         if phase is not None and PHASE_ORDER[phase] >= PHASE_ORDER[self.status.phase or Phase.PENDING]:
             update["phase"] = phase  # never backwards: Running does not turn Starting again
         self.status = self.status.model_copy(update=update)
@@ -133,9 +137,24 @@ class SessionContext:
         raise Ended
 
     def end_if_stopped(self) -> None:
-        """Ends the worker when kopf stops it (deletion, or the operator exiting)."""
+        """Ends the worker when kopf stops it (deletion, or the operator exiting), or when another operator acts."""
         if self.stopped.is_set():
             raise Ended
+        self.end_if_another_operator()
+
+    def end_if_another_operator(self) -> None:
+        """Two operators on one session (two installs, both --standalone): the one with the higher name steps back.
+
+        Only writes seen after this one's own count: the name a dead
+        predecessor left in status is taken over by the first write."""
+        live = (self.body.get("status") or {}).get("operator")
+        mine = self.clients.instance
+        if self.written.operator == mine and live and live != mine and live < mine:
+            self.logger.error(
+                "operator %r acts on this session too; this operator (%r) stops acting on it. Run one operator per "
+                "namespace, or replicas with --peering (the Helm chart's default)", live, mine,
+            )
+            raise AnotherOperator
 
     # --- what steps read ----------------------------------------------------
 

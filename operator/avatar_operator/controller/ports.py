@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import os
+import socket
 import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
@@ -100,8 +102,14 @@ class Clients:
     clock: Clock = dataclasses.field(default_factory=RealClock)
     events: Events = kopf_events
     flights: flights.Flights = dataclasses.field(default_factory=flights.Flights)
+    # Who this operator is, in each session's status.operator (kopf's POD_ID, else host and process).
+    instance: str = dataclasses.field(default_factory=lambda: instance_id())
     # Work that outlives a handler (watching for a late avatar after deletion); cancelled at exit.
     background: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+
+def instance_id() -> str:
+    return os.environ.get("POD_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 class _Never:

@@ -52,6 +52,8 @@ async def run(ctx: context.SessionContext) -> None:
         else:
             await cloud_mode.start(ctx, spec, lk, bh)
         await room_watch.watch(ctx, spec, lk)
+    except context.AnotherOperator:
+        await ctx.clients.launcher.release(ctx.ref)
     except context.Ended:
         pass
     except Exception as e:

@@ -28,6 +28,10 @@ class Launcher(Protocol):
         """Stops the session's runner; one already gone is fine."""
         ...
 
+    async def release(self, ref: names.SessionRef) -> None:
+        """Another operator acts on the session: stop what only this operator runs for it, leave the rest."""
+        ...
+
     async def close(self) -> None:
         """The operator is exiting."""
         ...

@@ -27,5 +27,8 @@ class PodLauncher:
     async def stop(self, ref: names.SessionRef) -> None:
         await self._kube.delete("Pod", ref.namespace, names.runner_pod_name(ref.name))
 
+    async def release(self, ref: names.SessionRef) -> None:
+        pass  # the Pod is the cluster's, and the other operator's now
+
     async def close(self) -> None:
         pass

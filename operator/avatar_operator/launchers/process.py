@@ -86,6 +86,9 @@ class ProcessLauncher:
         if self._runners.status(key) is not None:
             self._runners.forget(key)  # its log files, so the work directory doesn't grow
 
+    async def release(self, ref: names.SessionRef) -> None:
+        await self.stop(ref)  # a local process is this operator's own
+
     async def close(self) -> None:
         """Local runner processes live no longer than the operator that started them."""
         for key in list(self._watchers):
