@@ -617,3 +617,13 @@ async def test_of_two_operators_on_one_session_the_higher_named_steps_back(other
         assert h.launcher.released and not any(w.t > 5 for w in h.kube.writes)
     else:
         assert not h.launcher.released
+
+
+async def test_the_operator_that_keeps_a_session_writes_its_name_back() -> None:
+    """The other's write was the last: this one (the lower name) writes again, so the other sees it and steps back."""
+    h = local()
+    h.clock.at(1, h.launcher.scheduled)
+    h.clock.at(5, lambda: h.raw.setdefault("status", {}).update(operator="operator-z"))
+    await h.run(until=30)
+
+    assert any(w.t >= 5 and w.status.get("operator") == "operator-m" for w in h.kube.writes)

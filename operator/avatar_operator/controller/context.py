@@ -149,12 +149,17 @@ class SessionContext:
         predecessor left in status is taken over by the first write."""
         live = (self.body.get("status") or {}).get("operator")
         mine = self.clients.instance
-        if self.written.operator == mine and live and live != mine and live < mine:
-            self.logger.error(
-                "operator %r acts on this session too; this operator (%r) stops acting on it. Run one operator per "
-                "namespace, or replicas with --peering (the Helm chart's default)", live, mine,
-            )
-            raise AnotherOperator
+        if self.written.operator != mine or not live or live == mine:
+            return
+        if live > mine:
+            # This one keeps the session: the next flush writes its name, which the other sees.
+            self.written = self.written.model_copy(update={"operator": live})
+            return
+        self.logger.error(
+            "operator %r acts on this session too; this operator (%r) stops acting on it. Run one operator per "
+            "namespace, or replicas with --peering (the Helm chart's default)", live, mine,
+        )
+        raise AnotherOperator
 
     # --- what steps read ----------------------------------------------------
 
