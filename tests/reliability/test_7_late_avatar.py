@@ -125,7 +125,7 @@ def test_late_cloud_avatar_is_removed(
             name, room = "accepted-too-late", f"{ns}-late"
             kube.create_session(ns, name, {"room": room, "agentIdentity": "agent-1", "avatarId": "A-late2", "connection": {"maxRetry": 1, "retryInterval": 0.2, "timeout": 1}})
             sc.op("create_cloud_session")
-            failed = wait_until("(b) the session failed", lambda: (obj := kube.session(ns, name)) if phase(obj) == "Failed" else None, 40, 0.3)
+            failed = wait_until("(b) the session failed", lambda: obj if phase(obj := kube.session(ns, name)) == "Failed" else None, 40, 0.3)
             c = condition(failed, "CloudRequestAccepted")
             sc.check("uncertain_failure_says_it_watches_the_room", c.get("reason") == "RetriesExhausted" and "watches room" in c.get("message", ""), str(c))
             took = _late_avatar_removed(stack, sc, fake, room, "timed_out")
