@@ -83,7 +83,8 @@ async def _form(request: web.Request) -> dict[str, Field]:
     fields: dict[str, Field] = {}
     for name, value in posted.items():
         if isinstance(value, web.FileField):
-            fields[name] = value.file.read()
+            with value.file:  # a temporary file, in /tmp
+                fields[name] = value.file.read()
         else:
             fields[name] = value if isinstance(value, str) else bytes(value)
     return fields
