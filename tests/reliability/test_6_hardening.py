@@ -690,15 +690,15 @@ def test_shared_avatar_identity(stack: Stack, kube: Kube, operator_crd: None, fa
         for where, nsx, what in (("local", ns, "RunnerScheduled"), ("cloud", nc, "CloudRequestAccepted")):
             obj = poll(lambda nsx=nsx, what=what: cond_is(kube, nsx, "first", what, "True"), 30)
             sc.check("first_session_proceeds", obj is not None, f"{where}: {brief(kube.session(nsx, 'first'), what)}")
-            b = poll(lambda nsx=nsx: cond_is(kube, nsx, "second", "Accepted", "False", "AvatarIdentityInUse"), 15)
+            b = poll(lambda nsx=nsx, what=what: cond_is(kube, nsx, "second", what, "False", "AvatarIdentityInUse"), 15)
             b = b or kube.session(nsx, "second")
-            acc = condition(b, "Accepted")
+            acc = condition(b, what)
             ok = phase(b) == "Pending" and acc.get("reason") == "AvatarIdentityInUse" and "first" in acc.get("message", "")
             sc.check("second_waits_avatar_identity_in_use_naming_first", ok, f"{where}: {brief(b, 'Accepted', what)}")
         time.sleep(3)  # the second keeps waiting
-        for where, nsx in (("local", ns), ("cloud", nc)):
+        for where, nsx, what in (("local", ns, "RunnerScheduled"), ("cloud", nc, "CloudRequestAccepted")):
             b = kube.session(nsx, "second")
-            sc.check("second_still_pending", phase(b) == "Pending" and condition(b, "Accepted").get("reason") == "AvatarIdentityInUse", f"{where}: {brief(b, 'Accepted')}")
+            sc.check("second_still_pending", phase(b) == "Pending" and condition(b, what).get("reason") == "AvatarIdentityInUse", f"{where}: {brief(b, what)}")
         sent, mints = requests_for(fake, croom), requests_for(fake, croom, "mint")
         sc.check("one_session_request_for_the_shared_room", len(sent) == 1, f"{len(sent)} session requests for {croom}")
         sc.check("one_mint_for_the_shared_room", len(mints) == 1, f"{len(mints)} mints for {croom}")

@@ -547,8 +547,9 @@ async def test_a_session_waits_while_an_older_one_holds_its_avatar_identity() ->
     await h.run(until=20)
 
     waiting = h.kube.writes[0]
-    assert waiting.phase == "Pending" and cond(waiting, "Accepted")["reason"] == "AvatarIdentityInUse"
-    assert f"{NAMESPACE}/first" in cond(waiting, "Accepted")["message"]
+    assert waiting.phase == "Pending" and cond(waiting, "RunnerScheduled")["reason"] == "AvatarIdentityInUse"
+    assert f"{NAMESPACE}/first" in cond(waiting, "RunnerScheduled")["message"]
+    assert cond(waiting, "Accepted")["status"] == "True"  # the spec is fine: the step waits
     (started,) = h.launcher.started
     assert h.kube.first("Starting").t >= 12  # nothing started while the other held the identity
     assert cond(h.kube.last, "Accepted")["status"] == "True"
@@ -627,3 +628,21 @@ async def test_the_operator_that_keeps_a_session_writes_its_name_back() -> None:
     await h.run(until=30)
 
     assert any(w.t >= 5 and w.status.get("operator") == "operator-m" for w in h.kube.writes)
+
+
+async def test_restart_past_the_deadline_with_the_pod_gone_is_max_duration_not_a_failure() -> None:
+    """The last operator stopped the runner at maxDuration and died before it wrote so."""
+    status = prior(
+        "Running",
+        ("Accepted", "True", "Valid"),
+        ("CredentialsReady", "True", "CredentialsFound"),
+        ("RunnerScheduled", "True", "Scheduled"),
+        ("Ready", "True", "AvatarPublishing"),
+        mode="local",
+        runnerPod="s1-runner",
+    )
+    h = Harness.make(local_spec(maxDuration=5), status={**status, "startTime": "2024-12-31T23:00:00Z"})
+    await h.run(until=30)
+
+    end = ended(h)
+    assert end.phase == "Succeeded" and cond(end, "Ready")["reason"] == "MaxDurationReached"

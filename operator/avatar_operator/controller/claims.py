@@ -3,7 +3,7 @@
 LiveKit lets one participant identity into a room at a time: a second join
 kicks the first. So two sessions that would put the same avatar identity in
 the same room on the same server are not both started: the oldest active one
-holds the identity, the other waits (`Accepted=False, AvatarIdentityInUse`)
+holds the identity, the other waits (`AvatarIdentityInUse` on the step it waits at)
 and starts when it ends. kopf keeps every session's claim in an in-memory
 index (`handlers.avatar_claims`), so the check costs no API call.
 """

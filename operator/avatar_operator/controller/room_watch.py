@@ -27,9 +27,11 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
     presence = decisions.Presence(was_present=ctx.is_true(Cond.READY))
     next_poll = clock.monotonic()
     while True:
+        # The deadline first: a runner pod gone because the last operator
+        # stopped it at maxDuration (and died before it wrote so) is not a failure.
+        left = await check_deadline(ctx, spec, room, identity)
         if spec.mode == spec_mod.Mode.LOCAL:
             await local_mode.follow_pod(ctx, identity)
-        left = await check_deadline(ctx, spec, room, identity)
         # A runner event wakes the worker early; LiveKit is asked on its own schedule.
         if clock.monotonic() >= next_poll:
             presence = await poll_room(ctx, spec, room, identity, presence, keys=lk.source())

@@ -102,19 +102,18 @@ async def await_avatar_identity(ctx: context.SessionContext, spec: spec_mod.Avat
     if ctx.status.runner_pod or ctx.status.cloud_request is not None:
         return  # started already: it holds the identity
     key = claims.key(spec, ctx.settings.livekit.url)
+    # The step that waits says so, as a pool's PoolExhausted will: the spec itself is accepted.
+    step = Cond.RUNNER_SCHEDULED if spec.mode == spec_mod.Mode.LOCAL else Cond.CLOUD_REQUEST_ACCEPTED
     waited = False
     while (other := claims.holder(ctx.claims.claims(key), ctx.ref.uid)) is not None:
         if not waited:
             message = claims.in_use_message(other, key[2], spec.room)
-            change = Change(Cond.ACCEPTED, False, Reason.AVATAR_IDENTITY_IN_USE, message)
+            change = Change(step, False, Reason.AVATAR_IDENTITY_IN_USE, message)
             await ctx.record(phase=Phase.PENDING, changes=(change,), event=(Reason.AVATAR_IDENTITY_IN_USE, message), warning=True)
             waited = True
         if await ctx.clients.clock.wait(ctx.stopped, IDENTITY_RECHECK_S):
             raise context.Ended
         await ctx.end_if_past_deadline("while another session held its avatar identity")
-    if waited:
-        free = f"{spec.mode.value} mode session accepted; avatar identity {key[2]!r} is free in room {spec.room!r}"
-        await ctx.record(changes=(Change(Cond.ACCEPTED, True, Reason.VALID, free),), flush=False)
 
 
 def secret_names(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec) -> set[str]:
