@@ -646,3 +646,14 @@ async def test_restart_past_the_deadline_with_the_pod_gone_is_max_duration_not_a
 
     end = ended(h)
     assert end.phase == "Succeeded" and cond(end, "Ready")["reason"] == "MaxDurationReached"
+
+
+async def test_a_predecessors_name_in_a_body_that_lags_is_not_another_operator() -> None:
+    """Restarted: the body still shows the dead predecessor's name until this operator's write comes back."""
+    h = Harness.make(local_spec(), status={"operator": "operator-a"})
+    h.kube.echo = False
+    h.clock.at(1, h.launcher.scheduled)
+    await h.run(until=30)
+
+    assert h.launcher.started and not h.launcher.released
+    assert h.kube.last.phase == "Starting"

@@ -170,6 +170,7 @@ class FakeKube:
         self.secret_reads: list[tuple[float, str]] = []  # (when, name)
         self.pod_reads: list[str] = []
         self.writes: list[Write] = []
+        self.echo = True  # False: the worker's body never shows its own writes (a watch that lags)
         self.closed = False
 
     # reads
@@ -216,7 +217,7 @@ class FakeKube:
         snapshot = copy.deepcopy(dict(status))
         self.writes.append(Write(self.clock.t, snapshot))
         stored = self.sessions.get(key)
-        if stored is not None:  # a merge patch: top-level keys replaced, none removed
+        if stored is not None and self.echo:  # a merge patch: top-level keys replaced, none removed
             stored.setdefault("status", {}).update(copy.deepcopy(snapshot))
         return True
 

@@ -54,6 +54,8 @@ class SessionContext:
     status: status_mod.AvatarSessionStatus = dataclasses.field(init=False)
     written: status_mod.AvatarSessionStatus = dataclasses.field(init=False)
     _live: tuple[Any, spec_mod.AvatarSessionSpec] | None = dataclasses.field(default=None, init=False)
+    # Whether the live body has shown this operator's last write yet (kopf's watch lags the write).
+    _echoed: bool = dataclasses.field(default=False, init=False)
 
     def __post_init__(self) -> None:
         meta = self.body.metadata
@@ -106,6 +108,7 @@ class SessionContext:
             if not await self.clients.kube.patch_status(self.ref.namespace, self.ref.name, status_mod.to_wire(self.status)):
                 raise Ended  # the session is gone (deleted while we worked)
             self.written = self.status
+            self._echoed = False
 
     def condition(self, ctype: Cond) -> status_mod.Condition | None:
         return conditions.find(self.status, ctype)
@@ -145,11 +148,15 @@ class SessionContext:
     def end_if_another_operator(self) -> None:
         """Two operators on one session (two installs, both --standalone): the one with the higher name steps back.
 
-        Only writes seen after this one's own count: the name a dead
-        predecessor left in status is taken over by the first write."""
+        Only a write seen after this one's own came back through the watch
+        counts: until then the body shows what was there before (the name a
+        dead predecessor left, say)."""
         live = (self.body.get("status") or {}).get("operator")
         mine = self.clients.instance
-        if self.written.operator != mine or not live or live == mine:
+        if live == mine:
+            self._echoed = True
+            return
+        if not self._echoed or self.written.operator != mine or not live:
             return
         if live > mine:
             # This one keeps the session: the next flush writes its name, which the other sees.
