@@ -101,9 +101,19 @@ def test_two_standalone_operators_on_one_namespace(
                 return objs if started else None
 
             wait_until("every session started", settled, 60, 0.5)
-            time.sleep(8)  # every worker has looked at the live status a few times
-            objs = {o["metadata"]["name"]: o for o in kube.sessions(ns)}
-            holders = {n: (objs[n].get("status") or {}).get("operator") for n in locals_ + clouds}
+
+            def holders_now() -> dict[str, Any]:
+                objs = {o["metadata"]["name"]: o for o in kube.sessions(ns)}
+                return {n: (objs[n].get("status") or {}).get("operator") for n in locals_ + clouds}
+
+            # Each worker looks at the live status once per turn (up to 5 s), past the watch's lag (3 s).
+            t0 = time.monotonic()
+            try:
+                wait_until("one operator per session", lambda: all(h == "op-a" for h in holders_now().values()), 40, 1.0)
+            except AssertionError:
+                pass
+            holders = holders_now()
+            sc.note("converged_after_s", round(time.monotonic() - t0, 1))
             sc.note("holders", holders)
             sc.check("each_session_held_by_the_lower_named_operator", all(h == "op-a" for h in holders.values()), str(holders))
             pods = kube.pods(ns)

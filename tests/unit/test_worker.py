@@ -651,7 +651,13 @@ async def test_restart_past_the_deadline_with_the_pod_gone_is_max_duration_not_a
 async def test_a_predecessors_name_in_a_body_that_lags_is_not_another_operator() -> None:
     """Restarted: the body still shows the dead predecessor's name until this operator's write comes back."""
     h = Harness.make(local_spec(), status={"operator": "operator-a"})
-    h.kube.echo = False
+    h.kube.echo = False  # the watch lags for 2 s, then brings this operator's write back
+
+    def caught_up() -> None:
+        h.kube.echo = True
+        h.raw["status"] = dict(h.kube.last.status)
+
+    h.clock.at(2, caught_up)
     h.clock.at(1, h.launcher.scheduled)
     await h.run(until=30)
 

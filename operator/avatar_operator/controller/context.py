@@ -29,6 +29,8 @@ Reason = status_mod.Reason
 Change = conditions.Change
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
+# Longer than kopf's watch takes to bring a write back (its batching window is 0.1 s).
+WATCH_LAG_S = 3.0
 PHASE_ORDER = {Phase.PENDING: 0, Phase.STARTING: 1, Phase.RUNNING: 2, Phase.SUCCEEDED: 3, Phase.FAILED: 3}
 
 
@@ -54,8 +56,8 @@ class SessionContext:
     status: status_mod.AvatarSessionStatus = dataclasses.field(init=False)
     written: status_mod.AvatarSessionStatus = dataclasses.field(init=False)
     _live: tuple[Any, spec_mod.AvatarSessionSpec] | None = dataclasses.field(default=None, init=False)
-    # Whether the live body has shown this operator's last write yet (kopf's watch lags the write).
-    _echoed: bool = dataclasses.field(default=False, init=False)
+    # When this operator last wrote: kopf's watch brings the write back to the body a moment later.
+    _wrote_at: float | None = dataclasses.field(default=None, init=False)
 
     def __post_init__(self) -> None:
         meta = self.body.metadata
@@ -108,7 +110,7 @@ class SessionContext:
             if not await self.clients.kube.patch_status(self.ref.namespace, self.ref.name, status_mod.to_wire(self.status)):
                 raise Ended  # the session is gone (deleted while we worked)
             self.written = self.status
-            self._echoed = False
+            self._wrote_at = self.clients.clock.monotonic()
 
     def condition(self, ctype: Cond) -> status_mod.Condition | None:
         return conditions.find(self.status, ctype)
@@ -148,15 +150,14 @@ class SessionContext:
     def end_if_another_operator(self) -> None:
         """Two operators on one session (two installs, both --standalone): the one with the higher name steps back.
 
-        Only a write seen after this one's own came back through the watch
-        counts: until then the body shows what was there before (the name a
-        dead predecessor left, say)."""
+        Only a body newer than this one's own last write counts: for a moment
+        after it the watch still shows what was there before (the name a dead
+        predecessor left, say)."""
         live = (self.body.get("status") or {}).get("operator")
         mine = self.clients.instance
-        if live == mine:
-            self._echoed = True
+        if not live or live == mine or self.written.operator != mine or self._wrote_at is None:
             return
-        if not self._echoed or self.written.operator != mine or not live:
+        if self.clients.clock.monotonic() - self._wrote_at < WATCH_LAG_S:
             return
         if live > mine:
             # This one keeps the session: the next flush writes its name, which the other sees.
