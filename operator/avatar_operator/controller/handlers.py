@@ -7,7 +7,6 @@ from typing import Any
 
 import aiohttp
 import kopf
-import pydantic
 
 from avatar_operator import launchers, metrics
 from avatar_operator import settings as settings_mod
@@ -121,13 +120,9 @@ async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: A
     warning = await teardown.stop_session(clients, ref, spec, room, identity, settings.timing.cleanup_timeout_s)
     if warning and (spec.mode == spec_mod.Mode.CLOUD or settings.runner.launcher == settings_mod.Launcher.PROCESS):
         kopf.warn(body, reason="CleanupIncomplete", message=warning)
-    try:
-        status = status_mod.from_wire(body.get("status"))
-    except pydantic.ValidationError:  # a status this operator did not write: deletion must still let go
-        status = status_mod.AvatarSessionStatus()
-    if room is not None and spec.mode == spec_mod.Mode.CLOUD and teardown.may_have_an_avatar_coming(clients, ref.uid, status):
-        teardown.watch_for_late_avatar(
-            clients, ref, room, room_name=spec.room, identity=identity, for_s=settings.timing.late_avatar_guard_s,
+    if room is not None and spec.mode == spec_mod.Mode.CLOUD:
+        teardown.watch_if_an_avatar_may_come(
+            clients, ref, room, spec, identity, body.get("status"), for_s=settings.timing.late_avatar_guard_s,
             warn=lambda message: kopf.warn(body, reason=status_mod.Reason.LATE_AVATAR_REMOVED.value, message=message),
         )
     clients.mailboxes.forget(ref.uid)

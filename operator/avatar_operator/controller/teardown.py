@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pydantic
 
 from avatar_operator.api import conditions, names
 from avatar_operator.api import spec as spec_mod
@@ -38,6 +41,26 @@ async def stop_runner(clients: ports.Clients, ref: names.SessionRef) -> None:
     """The runner and its token Secret (the garbage collector would take them too, later)."""
     await clients.launcher.stop(ref)
     await clients.kube.delete("Secret", ref.namespace, names.token_secret_name(ref.name))
+
+
+def watch_if_an_avatar_may_come(
+    clients: ports.Clients,
+    ref: names.SessionRef,
+    room: ports.RoomApi,
+    spec: spec_mod.AvatarSessionSpec,
+    identity: str,
+    raw_status: Mapping[str, Any] | None,
+    *,
+    for_s: float,
+    warn: Callable[[str], None],
+) -> None:
+    """After a cloud session's deletion: watches for its avatar when one may still come."""
+    try:
+        status = status_mod.from_wire(raw_status)
+    except pydantic.ValidationError:  # a status this operator did not write: nothing to go by
+        status = status_mod.AvatarSessionStatus()
+    if may_have_an_avatar_coming(clients, ref.uid, status):
+        watch_for_late_avatar(clients, ref, room, room_name=spec.room, identity=identity, for_s=for_s, warn=warn)
 
 
 def may_have_an_avatar_coming(clients: ports.Clients, uid: str, status: status_mod.AvatarSessionStatus) -> bool:
