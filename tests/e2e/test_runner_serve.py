@@ -44,6 +44,7 @@ AGENT = "agent-1"
 AVATAR = "bithuman-avatar-agent"
 FPS = 25.0
 SPEECH_S = 3.0
+LEAD_IN_S = 5.0
 STARTUP_TIMEOUT_S = 60.0
 
 
@@ -146,7 +147,9 @@ class DemoAgent:
             "--token", participant_token(stack, room, AGENT, agent=True),
             "--avatar-identity", AVATAR,
             "--seconds", str(SPEECH_S),
-            "--lead-in", "1.0",
+            # Speech once the viewer's stream has settled: its first frames
+            # come ~3 s after the track's publication here, in a burst.
+            "--lead-in", str(LEAD_IN_S),
             "--linger", str(linger),
             stdout=asyncio.subprocess.PIPE,
         )
@@ -250,7 +253,9 @@ async def test_two_sessions_on_one_pool_runner(stack: Stack, tmp_path: pathlib.P
 
     figures = []
     for n, (viewer, agent) in enumerate(zip(viewers, agents, strict=True)):
-        started = next(e["t"] for e in agent.events if e["event"] == "playback_started")
+        # The speech, once the viewer's stream settled (its first second can be a burst).
+        started = max(next(e["t"] for e in agent.events if e["event"] == "playback_started"), viewer.video[0][0] + 1)
+        assert finished[n]["t"] - started > 2.0, "the viewer's video came too late to measure the speech"
         frames = viewer.frames_between(started, finished[n]["t"])
         fps = len(frames) / (finished[n]["t"] - started)
         first_frame = viewer.video[0][0] - launched_at[n]
@@ -296,6 +301,9 @@ class _StubAgentSession:
         pass
 
     def off(self, *_: Any) -> None:
+        pass
+
+    def emit(self, *_: Any) -> None:
         pass
 
 
@@ -359,17 +367,34 @@ async def test_the_bithuman_plugin_launches_on_the_pool_runner(
             # The plugin's own audio output speaks to the avatar: the avatar protocol, end to end.
             output = agent_session.audio_tail
             assert output is not None
+
+            async def watching() -> bool:  # the viewer's stream settled (see LEAD_IN_S)
+                return bool(viewer.video) and time.time() - viewer.video[0][0] > 1.0
+
+            await wait_until("the viewer to receive the avatar's video", watching, 20)
+            first_frame = viewer.video[0][0] - launched
             spoke_at = time.time()
             await asyncio.wait_for(speak(output, synthetic_speech(2.0), 24000, utterance=0, interrupt_after=None), 30)
             spoke_s = time.time() - spoke_at
             frames = viewer.frames_between(spoke_at, spoke_at + spoke_s)
-            await agent_room.disconnect()  # the agent leaves: its avatar's session completes
+            final: dict[str, Any] = {}
+            if image == "url":
+                await agent_room.disconnect()  # the agent leaves: its avatar's session completes
 
-            async def ended() -> bool:
-                return (await runner.call("GET", f"/tasks/{task['task_id']}"))[1]["status"] != "running"
+                async def ended() -> bool:
+                    final.update((await runner.call("GET", f"/tasks/{task['task_id']}"))[1])
+                    return final["status"] != "running"
 
-            await wait_until("the session to end with its agent", ended, 20)
-            final = (await runner.call("GET", f"/tasks/{task['task_id']}"))[1]
+                await wait_until("the session to end with its agent", ended, 20)
+            else:  # the pool runner is stopped under it: the avatar leaves, the runner exits 0
+                asked = time.monotonic()
+                exit_code = await runner.terminate()
+
+                async def avatar_left() -> bool:
+                    return AVATAR not in viewer.room.remote_participants
+
+                await wait_until("the avatar to leave its room", avatar_left, 10)
+                sigterm_s = time.monotonic() - asked
             await avatar.aclose()
         finally:
             await agent_room.disconnect()
@@ -377,13 +402,18 @@ async def test_the_bithuman_plugin_launches_on_the_pool_runner(
 
     fps = len(frames) / spoke_s
     print(
-        f"\nplugin ({image} image): avatar joined and published {joined:.2f} s after AvatarSession.start;"
+        f"\nplugin ({image} image): avatar joined and published {joined:.2f} s after AvatarSession.start,"
+        f" first frame at the viewer after {first_frame:.2f} s;"
         f" {fps:.2f} fps at the viewer over {spoke_s:.2f} s of speech"
     )
     assert task["room_name"] == room and task["agent_identity"] == AGENT
     assert viewer.publishers == {AVATAR}
     assert fps >= FPS * 0.8
-    assert (final["status"], final["reason"]) == ("completed", f"agent {AGENT!r} left the room")
+    if image == "url":
+        assert (final["status"], final["reason"]) == ("completed", f"agent {AGENT!r} left the room")
+    else:
+        print(f"SIGTERM with a session in a room: exit {exit_code}, avatar gone after {sigterm_s:.2f} s")
+        assert exit_code == ExitCode.OK and sigterm_s < 5
 
 
 async def test_a_refused_renderer_ends_the_pool_runner_with_its_reason(tmp_path: pathlib.Path) -> None:
