@@ -6,24 +6,19 @@ the token's `lk.publish_on_behalf`), the same ends and exit reasons, the same
 rejoin window. Two things differ. The renderer comes from the pool's
 `RendererSource` instead of being loaded for the session, and the task tells
 the pool when it is in the room (`TaskControl.joined`), which a launch with
-`async_mode=false` waits for. `_rejoining` and `_in_room` are
-`session._rejoining` and `session._in_room` with that call added;
-tests/unit/test_runner_serve.py fails when they drift apart.
+`async_mode=false` waits for: `session.serve_room`'s `on_joined`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 import prometheus_client
 
 from . import session
 from .config import RunnerConfig, ServeConfig
-from .exits import ExitCode, Outcome, RunnerFailure
+from .exits import ExitCode, Outcome
 from .health import RunnerMetrics
 from .renderers.base import Renderer
 from .serve_renderers import RendererSource, fetch_image
@@ -102,48 +97,13 @@ class RoomTasks:
             return Outcome(ExitCode.OK, control.stop.reason)
         self._running.add(metrics)
         try:
-            return await _rejoining(self.session_config(request), renderer, metrics, control)
+            return await session.serve_room(
+                self.session_config(request), renderer, metrics,
+                started_at=control.started_at, stop=control.stop, on_joined=control.joined,
+            )
         except session._Stopped:
             return Outcome(ExitCode.OK, control.stop.reason)
         finally:
             self._running.discard(metrics)
             await session._bounded(renderer.aclose(), "closing the renderer")
 
-
-async def _rejoining(config: RunnerConfig, renderer: Renderer, metrics: RunnerMetrics, control: TaskControl) -> Outcome:
-    lost_at: float | None = None
-    while True:
-        try:
-            outcome = await _in_room(config, renderer, metrics, control)
-            lost_at = time.monotonic()  # it was in the room: the window starts now
-        except RunnerFailure as failure:
-            if lost_at is None or failure.outcome.code != ExitCode.ROOM_UNREACHABLE:
-                raise
-            outcome = failure.outcome
-        if outcome.code != ExitCode.ROOM_UNREACHABLE:
-            return outcome
-        if time.monotonic() - lost_at >= session.REJOIN_WINDOW_S:
-            return Outcome(outcome.code, f"{outcome.reason} (joining again failed for {session.REJOIN_WINDOW_S:g} s)")
-        log.warning("lost the room: %s; joining again", outcome.reason)
-        await session._unless_stopped(asyncio.sleep(session.REJOIN_DELAY_S), control.stop)
-
-
-async def _in_room(config: RunnerConfig, renderer: Renderer, metrics: RunnerMetrics, control: TaskControl) -> Outcome:
-    room, ended = await session._join(config, control.stop)
-    control.joined()
-    avatar = session._AvatarPipeline(
-        room, renderer, metrics, started_at=control.started_at, agent=config.agent_identity
-    )
-    pipeline_task = asyncio.create_task(avatar.run())
-    stop_task = asyncio.create_task(control.stop.wait())
-    try:
-        return await session._wait_for_the_end(
-            config, control.started_at, control.stop, avatar, ended, pipeline_task, stop_task
-        )
-    finally:
-        stop_task.cancel()
-        pipeline_task.cancel()
-        with contextlib.suppress(BaseException):
-            await pipeline_task
-        await avatar.aclose()
-        await session._bounded(room.disconnect(), "leaving the room")

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from livekit import rtc
@@ -79,7 +79,7 @@ def disconnect_outcome(reason: rtc.DisconnectReason.ValueType) -> Outcome:
     if ended is not None:
         return Outcome(ExitCode.OK, ended)
     if reason == _DisconnectReason.SERVER_SHUTDOWN:
-        # A restart or a rolling update, most often: joined again (see _rejoining).
+        # A restart or a rolling update, most often: joined again (see serve_room).
         return Outcome(ExitCode.ROOM_UNREACHABLE, f"the LiveKit server shut down ({_DisconnectReason.Name(reason)})")
     return Outcome(
         ExitCode.ROOM_UNREACHABLE, f"lost the connection to LiveKit ({_DisconnectReason.Name(reason)})"
@@ -126,24 +126,32 @@ async def run_session(
         renderer.name, *renderer.resolution, renderer.fps, renderer.sample_rate,
     )
     try:
-        return await _rejoining(config, renderer, metrics, started_at, stop)
+        return await serve_room(config, renderer, metrics, started_at=started_at, stop=stop)
     except _Stopped:
         return Outcome(ExitCode.OK, stop.reason)
     finally:
         await _bounded(renderer.aclose(), "closing the renderer")
 
 
-async def _rejoining(
-    config: RunnerConfig, renderer: Renderer, metrics: RunnerMetrics, started_at: float, stop: StopRequest
+async def serve_room(
+    config: RunnerConfig,
+    renderer: Renderer,
+    metrics: RunnerMetrics,
+    *,
+    started_at: float,
+    stop: StopRequest,
+    on_joined: Callable[[], None] | None = None,
 ) -> Outcome:
     """The session in the room; a connection lost after joining is joined again for up to REJOIN_WINDOW_S.
 
     The first join is not retried: a runner that never got in has a wrong URL
-    or token more often than a server restarting."""
+    or token more often than a server restarting. `on_joined` runs at each
+    join (a pool task tells its pool). The one-session runner and a pool
+    runner's tasks both run this."""
     lost_at: float | None = None
     while True:
         try:
-            outcome = await _in_room(config, renderer, metrics, started_at, stop)
+            outcome = await _in_room(config, renderer, metrics, started_at, stop, on_joined)
             lost_at = time.monotonic()  # it was in the room: the window starts now
         except RunnerFailure as failure:
             if lost_at is None or failure.outcome.code != ExitCode.ROOM_UNREACHABLE:
@@ -163,8 +171,11 @@ async def _in_room(
     metrics: RunnerMetrics,
     started_at: float,
     stop: StopRequest,
+    on_joined: Callable[[], None] | None = None,
 ) -> Outcome:
     room, ended = await _join(config, stop)
+    if on_joined is not None:
+        on_joined()
     avatar = _AvatarPipeline(room, renderer, metrics, started_at=started_at, agent=config.agent_identity)
     pipeline_task = asyncio.create_task(avatar.run())
     stop_task = asyncio.create_task(stop.wait())

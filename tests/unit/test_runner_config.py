@@ -270,14 +270,14 @@ async def test_a_lost_connection_is_joined_again_within_the_window(monkeypatch: 
 
     monkeypatch.setattr(session, "_in_room", in_room)
     monkeypatch.setattr(session, "REJOIN_DELAY_S", 0.0)
-    outcome = await session._rejoining(None, None, None, 0.0, session.StopRequest())  # type: ignore[arg-type]
+    outcome = await session.serve_room(None, None, None, started_at=0.0, stop=session.StopRequest())  # type: ignore[arg-type]
     assert outcome.code is ExitCode.OK and len(joins) == 3
 
     script[:] = [RunnerFailure(ExitCode.ROOM_UNREACHABLE, "cannot reach the LiveKit room")]
     with pytest.raises(RunnerFailure):  # never in the room: not retried
-        await session._rejoining(None, None, None, 0.0, session.StopRequest())  # type: ignore[arg-type]
+        await session.serve_room(None, None, None, started_at=0.0, stop=session.StopRequest())  # type: ignore[arg-type]
 
     monkeypatch.setattr(session, "REJOIN_WINDOW_S", 0.0)
     script[:] = [Outcome(ExitCode.ROOM_UNREACHABLE, "lost the connection to LiveKit (SIGNAL_CLOSE)")]
-    outcome = await session._rejoining(None, None, None, 0.0, session.StopRequest())  # type: ignore[arg-type]
+    outcome = await session.serve_room(None, None, None, started_at=0.0, stop=session.StopRequest())  # type: ignore[arg-type]
     assert outcome.code is ExitCode.ROOM_UNREACHABLE and "joining again failed" in outcome.reason

@@ -8,16 +8,13 @@ sessions on a real livekit-server.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import dataclasses
-import inspect
 import io
 import logging
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,7 +23,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from avatar_runner import room_task, session
+from avatar_runner import room_task
 from avatar_runner.config import ConfigError, parse_serve_config
 from avatar_runner.contract import DEFAULT_MAX_SESSIONS, SERVE_PORT, Renderer
 from avatar_runner.exits import ExitCode, Outcome
@@ -500,30 +497,6 @@ def test_task_metrics_has_every_field_of_the_runners_metrics() -> None:
     task.first_frame_published(1.5)
     task.frames_published.inc()
     assert seen == [True] and shared.frames_published._value.get() == 1
-
-
-def _body(function: Any, replacements: dict[str, str]) -> list[str]:
-    (node,) = ast.parse(textwrap.dedent(inspect.getsource(function))).body
-    assert isinstance(node, ast.AsyncFunctionDef)
-    statements = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-    text = "\n".join(ast.unparse(s) for s in statements)
-    for old, new in replacements.items():
-        text = text.replace(old, new)
-    return [line for line in text.splitlines() if line.strip() != "control.joined()"]
-
-
-@pytest.mark.parametrize("name", ["_in_room", "_rejoining"])
-def test_the_room_task_is_the_session_plus_the_joined_call(name: str) -> None:
-    ours = _body(
-        getattr(room_task, name),
-        {
-            "session.": "",
-            "control.started_at": "started_at",
-            "control.stop": "stop",
-            "metrics, control)": "metrics, started_at, stop)",
-        },
-    )
-    assert ours == _body(getattr(session, name), {})
 
 
 async def test_a_launch_image_is_prepared_for_its_session_alone() -> None:
