@@ -122,24 +122,27 @@ def _positive_float(env: Mapping[str, str], name: Env) -> float | None:
     return value
 
 
-def _token(env: Mapping[str, str], read_text: Callable[[str], str]) -> str:
-    inline = _get(env, Env.LIVEKIT_TOKEN)
-    path = _get(env, Env.LIVEKIT_TOKEN_FILE)
+def _secret(env: Mapping[str, str], inline_name: Env, file_name: Env, what: str, read_text: Callable[[str], str]) -> str:
+    """A secret given by value or as a file (a mounted Secret): exactly one of the two."""
+    inline = _get(env, inline_name)
+    path = _get(env, file_name)
     if inline is not None and path is not None:
-        raise ConfigError(f"set only one of {Env.LIVEKIT_TOKEN} and {Env.LIVEKIT_TOKEN_FILE}")
+        raise ConfigError(f"set only one of {inline_name} and {file_name}")
     if inline is not None:
         return inline
     if path is None:
-        raise ConfigError(
-            f"{Env.LIVEKIT_TOKEN} or {Env.LIVEKIT_TOKEN_FILE} is required: the avatar's room token"
-        )
+        raise ConfigError(f"{inline_name} or {file_name} is required: {what}")
     try:
-        token = read_text(path).strip()
+        value = read_text(path).strip()
     except OSError as err:
-        raise ConfigError(f"{Env.LIVEKIT_TOKEN_FILE} {path!r} cannot be read: {err.strerror}") from None
-    if not token:
-        raise ConfigError(f"{Env.LIVEKIT_TOKEN_FILE} {path!r} is empty")
-    return token
+        raise ConfigError(f"{file_name} {path!r} cannot be read: {err.strerror}") from None
+    if not value:
+        raise ConfigError(f"{file_name} {path!r} is empty")
+    return value
+
+
+def _token(env: Mapping[str, str], read_text: Callable[[str], str]) -> str:
+    return _secret(env, Env.LIVEKIT_TOKEN, Env.LIVEKIT_TOKEN_FILE, "the avatar's room token", read_text)
 
 
 def _renderer(env: Mapping[str, str]) -> Renderer:
@@ -258,24 +261,8 @@ def _bounded_int(env: Mapping[str, str], name: Env, default: int, low: int, high
 
 
 def _pool_token(env: Mapping[str, str], read_text: Callable[[str], str]) -> str:
-    inline = _get(env, Env.POOL_TOKEN)
-    path = _get(env, Env.POOL_TOKEN_FILE)
-    if inline is not None and path is not None:
-        raise ConfigError(f"set only one of {Env.POOL_TOKEN} and {Env.POOL_TOKEN_FILE}")
-    if inline is not None:
-        return inline
-    if path is None:
-        raise ConfigError(
-            f"{Env.POOL_TOKEN} or {Env.POOL_TOKEN_FILE} is required: the Bearer token launches must carry"
-            " (the runner never serves unauthenticated)"
-        )
-    try:
-        token = read_text(path).strip()
-    except OSError as err:
-        raise ConfigError(f"{Env.POOL_TOKEN_FILE} {path!r} cannot be read: {err.strerror}") from None
-    if not token:
-        raise ConfigError(f"{Env.POOL_TOKEN_FILE} {path!r} is empty")
-    return token
+    what = "the Bearer token launches must carry (the runner never serves unauthenticated)"
+    return _secret(env, Env.POOL_TOKEN, Env.POOL_TOKEN_FILE, what, read_text)
 
 
 def parse_serve_config(
