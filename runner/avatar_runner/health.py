@@ -61,6 +61,18 @@ class RunnerMetrics:
         self.ready = True
 
 
+async def listen(runner: web.AppRunner, port: int, variable: str) -> int:
+    """Serves `runner` on all interfaces (the kubelet probes the pod IP); the port it got (0: a free one)."""
+    await runner.setup()
+    site = web.TCPSite(runner, host="0.0.0.0", port=port)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise RunnerFailure(ExitCode.HEALTH_PORT_UNAVAILABLE, f"cannot listen on {variable} {port}: {err.strerror}") from None
+    return int(runner.addresses[0][1])
+
+
 class HealthServer:
     def __init__(self, metrics: RunnerMetrics, port: int) -> None:
         self._metrics = metrics
@@ -72,16 +84,7 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None)
 
     async def start(self) -> None:
-        await self._runner.setup()
-        # All interfaces: the kubelet probes the pod IP.
-        site = web.TCPSite(self._runner, host="0.0.0.0", port=self._port)
-        try:
-            await site.start()
-        except OSError as err:
-            await self._runner.cleanup()
-            raise RunnerFailure(
-                ExitCode.HEALTH_PORT_UNAVAILABLE, f"cannot listen on HEALTH_PORT {self._port}: {err.strerror}"
-            ) from None
+        await listen(self._runner, self._port, "HEALTH_PORT")
         log.info("health and metrics on port %d", self._port)
 
     async def stop(self) -> None:

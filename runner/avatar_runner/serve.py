@@ -39,6 +39,7 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
+from . import health
 from .config import ServeConfig
 from .exits import ExitCode, Outcome, RunnerFailure, redact_tokens
 from .launch_form import Field, LaunchError, idempotency_key, parse_launch
@@ -218,16 +219,7 @@ class LaunchServer:
         self.port = port
 
     async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host="0.0.0.0", port=self._port)
-        try:
-            await site.start()
-        except OSError as err:
-            await self._runner.cleanup()
-            raise RunnerFailure(
-                ExitCode.HEALTH_PORT_UNAVAILABLE, f"cannot listen on SERVE_PORT {self._port}: {err.strerror}"
-            ) from None
-        self.port = int(self._runner.addresses[0][1])
+        self.port = await health.listen(self._runner, self._port, "SERVE_PORT")
         log.info("launch API on port %d", self.port)
 
     async def stop(self) -> None:
