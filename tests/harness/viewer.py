@@ -8,6 +8,10 @@ import math
 import time
 
 import numpy as np
+
+# At import, not at the first frame: it loads livekit-agents (seconds), which
+# would stall the viewer's loop and bunch the first frames into a burst.
+from avatar_runner.renderers.portrait_face import DRAWN_FACE, SIZE
 from livekit import api, rtc
 
 # A received audio frame of digital silence, in dBFS (finite, so it stays JSON).
@@ -33,8 +37,6 @@ def mouth_darkness(frame: rtc.VideoFrame) -> float:
     Read on the luma plane of the decoded I420 frame: converting every frame
     to RGB costs the viewer enough CPU here to drop frames it then miscounts.
     """
-    from avatar_runner.renderers.portrait_face import DRAWN_FACE, SIZE
-
     if frame.type != rtc.VideoBufferType.I420:
         frame = frame.convert(rtc.VideoBufferType.I420)
     luma = np.frombuffer(frame.data, dtype=np.uint8, count=frame.width * frame.height)
