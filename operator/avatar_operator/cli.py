@@ -49,9 +49,13 @@ def _objects(docs: Sequence[Any]) -> Iterator[tuple[int, Any]]:
             yield number, doc
 
 
-def _is_avatar_session(obj: Mapping[str, Any]) -> bool:
+# The kinds `validate` checks, and how.
+_VALIDATORS = {names.KIND: validation.validate, names.POOL_KIND: validation.validate_pool}
+
+
+def _is_ours(obj: Mapping[str, Any]) -> bool:
     api_version = obj.get("apiVersion")
-    return obj.get("kind") == names.KIND and isinstance(api_version, str) and api_version.startswith(f"{names.GROUP}/")
+    return obj.get("kind") in _VALIDATORS and isinstance(api_version, str) and api_version.startswith(f"{names.GROUP}/")
 
 
 def _label(obj: Mapping[str, Any], number: int) -> str:
@@ -59,7 +63,8 @@ def _label(obj: Mapping[str, Any], number: int) -> str:
     meta = meta if isinstance(meta, Mapping) else {}
     name = meta.get("name") or (f"{meta['generateName']}*" if meta.get("generateName") else f"(document {number})")
     namespace = meta.get("namespace")
-    return f"{names.KIND} {namespace}/{name}" if namespace else f"{names.KIND} {name}"
+    kind = obj.get("kind")
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
 
 
 def _problems(obj: Mapping[str, Any]) -> list[rules.Problem]:
@@ -69,11 +74,11 @@ def _problems(obj: Mapping[str, Any]) -> list[rules.Problem]:
     meta = obj.get("metadata")
     if not isinstance(meta, Mapping) or not (meta.get("name") or meta.get("generateName")):
         problems.append(rules.Problem("metadata.name", "required field is missing"))
-    return problems + validation.validate(obj)
+    return problems + _VALIDATORS[str(obj.get("kind"))](obj)
 
 
 def validate_files(paths: Sequence[str], out: TextIO, err: TextIO) -> int:
-    """Checks every AvatarSession in `paths` ("-" is stdin); prints one line per problem."""
+    """Checks every AvatarSession and AvatarPool in `paths` ("-" is stdin); prints one line per problem."""
     checked = invalid = 0
     failed = False
     for path in paths:
@@ -97,7 +102,7 @@ def validate_files(paths: Sequence[str], out: TextIO, err: TextIO) -> int:
                 print(f"{name}: document {number}: not a Kubernetes object", file=out)
                 failed = True
                 continue
-            if not _is_avatar_session(obj):
+            if not _is_ours(obj):
                 continue
             checked += 1
             try:
@@ -110,7 +115,7 @@ def validate_files(paths: Sequence[str], out: TextIO, err: TextIO) -> int:
                 # key must not forge a second problem line).
                 line = f"{name}: {_label(obj, number)}: {problem}"
                 print(line.encode("unicode_escape").decode("ascii"), file=out)
-    print(f"{checked} {names.KIND}(s) checked, {invalid} invalid", file=err)
+    print(f"{checked} object(s) checked, {invalid} invalid", file=err)
     return 1 if failed or invalid else 0
 
 
@@ -148,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "crd":
-        sys.stdout.write(crd.render_crd_yaml())
+        sys.stdout.write(crd.render_all())
         return 0
     if args.command == "validate":
         return validate_files(args.files, sys.stdout, sys.stderr)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from avatar_operator import cli
 from avatar_operator.api import crd
 
@@ -32,11 +33,12 @@ def run_validate(tmp_path: pathlib.Path, text: str, capsys: pytest.CaptureFixtur
 
 
 def test_the_examples_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
-    assert {p.name for p in EXAMPLES} >= {"cloud-avatar-id.yaml", "cloud-image.yaml", "local-gpu.yaml"}
+    assert {p.name for p in EXAMPLES} >= {"cloud-avatar-id.yaml", "cloud-image.yaml", "local-gpu.yaml", "pool.yaml"}
     assert cli.main(["validate", *map(str, EXAMPLES)]) == 0
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert f"{len(EXAMPLES)} AvatarSession(s) checked, 0 invalid" in captured.err
+    objects = sum(1 for p in EXAMPLES for doc in yaml.safe_load_all(p.read_text()) if doc)
+    assert f"{objects} object(s) checked, 0 invalid" in captured.err
 
 
 def test_one_line_per_problem_naming_resource_and_field(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,7 +144,7 @@ def test_the_command_never_prints_a_traceback(tmp_path: pathlib.Path) -> None:
 
 def test_crd_prints_the_generated_crd(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["crd"]) == 0
-    assert capsys.readouterr().out == crd.render_crd_yaml()
+    assert capsys.readouterr().out == crd.render_all()
 
 
 def test_run_passes_its_arguments_to_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:

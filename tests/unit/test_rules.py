@@ -90,6 +90,10 @@ RULE_CASES: dict[str, list[dict[str, Any]]] = {
     "connection-retry-interval": [{**CLOUD, "connection": {"retryInterval": r}} for r in (-0.5, 3601.0)],
     "connection-timeout": [{**CLOUD, "connection": {"timeout": t}} for t in (0, -1.0, 601.0, 1e308)],
     "runner-gpus": [{**LOCAL, "runner": {"gpus": -1}}],
+    "pool-ref-local": [{**CLOUD, "poolRef": {"name": "warm"}}, {**IMAGE, "avatarImage": URL, "poolRef": {"name": "warm"}}],
+    "pool-owns-modelpath": [{**LOCAL, "poolRef": {"name": "warm"}}],
+    "pool-owns-modelvolume": [{**IMAGE, "poolRef": {"name": "warm"}, "modelVolume": PVC}],
+    "pool-owns-runner": [{**IMAGE, "poolRef": {"name": "warm"}, "runner": {"gpus": 1}}],
     # 1e12 overflowed the token's expiry and the deadline: a crash loop minting tokens.
     "max-duration": [{**CLOUD, "maxDuration": d} for d in (0, -5.5, 604801.0, 1e12)],
     # 100 characters the schema takes, 400 bytes LiveKit refuses.
@@ -122,6 +126,8 @@ VALID: list[dict[str, Any]] = [
     {**CLOUD, "livekit": {"url": "wss://lk.example.com", "secretRef": {"name": "lk"}}, "maxDuration": 0.5},
     {**CLOUD, "maxDuration": 604800, "connection": {"maxRetry": 100, "retryInterval": 3600, "timeout": 600}},
     {**CLOUD, "room": "\U0001f600" * 64, "avatarParticipant": {"identity": "\u00e9" * 128}},  # exactly 256 bytes
+    {**IMAGE, "poolRef": {"name": "warm"}},  # the pool holds the model path
+    {**IMAGE, "poolRef": {"name": "warm"}, "maxDuration": 60, "avatarParticipant": {"identity": "a2"}},
 ]
 
 
@@ -239,6 +245,7 @@ CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "livekit": (FULL, {**FULL, "livekit": {"url": "wss://other.example.com"}}),
     "avatarParticipant": (FULL, {**FULL, "avatarParticipant": {"identity": "other"}}),
     "runner": (FULL, {**FULL, "runner": {"gpus": 2}}),
+    "poolRef": ({**IMAGE, "poolRef": {"name": "warm"}}, {**IMAGE, "poolRef": {"name": "other"}}),
 }
 TRANSITIONS_BY_FIELD = {r.field: r for r in rules.TRANSITION_RULES}
 

@@ -18,10 +18,15 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "AvatarSession"
 PLURAL = "avatarsessions"
 SHORT_NAME = "avs"
+POOL_KIND = "AvatarPool"
+POOL_PLURAL = "avatarpools"
+POOL_SHORT_NAME = "avp"
 FINALIZER = f"{GROUP}/cleanup"
 MANAGER = "avatar-operator"
 
 SESSION_LABEL = f"{GROUP}/session"
+POOL_LABEL = f"{GROUP}/pool"  # on a pool's runners: the pool's scale selector
+RUNNER_LABEL = f"{GROUP}/runner"  # on a pool runner: its own name, for its Service-less address
 # The avatar's participant attribute naming the session (its uid) whose token it joined with:
 # two sessions' avatars of one identity are told apart by it, and cleanup removes only its own.
 SESSION_ATTRIBUTE = f"{GROUP}/session"
@@ -51,6 +56,25 @@ class SessionRef:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class PoolRef:
+    """The pool a runner (and its token Secret) points back to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": POOL_KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
 def shorten(value: str, limit: int) -> str:
     """value, or a prefix of it plus a hash of the whole when longer than limit."""
     if len(value) <= limit:
@@ -70,6 +94,29 @@ def runner_pod_name(session: str) -> str:
 
 def token_secret_name(session: str) -> str:
     return child_name(session, "token")
+
+
+def pool_token_secret_name(pool: str) -> str:
+    return child_name(pool, "pool-token")
+
+
+def pool_runner_name(pool: str, suffix: str) -> str:
+    """A pool runner's pod name: the pool's name and a random suffix, as a ReplicaSet names its pods."""
+    return child_name(pool, f"runner-{suffix}")
+
+
+def pool_selector(pool: str) -> str:
+    """The label selector of a pool's runners (its scale subresource's status.selector)."""
+    return f"{POOL_LABEL}={shorten(pool, LABEL_VALUE_MAX)}"
+
+
+def pool_labels(ref: PoolRef, runner: str) -> dict[str, str]:
+    return {
+        POOL_LABEL: shorten(ref.name, LABEL_VALUE_MAX),
+        RUNNER_LABEL: shorten(runner, LABEL_VALUE_MAX),
+        COMPONENT_LABEL: "pool-runner",
+        MANAGED_BY_LABEL: MANAGER,
+    }
 
 
 def labels(ref: SessionRef, component: str) -> dict[str, str]:

@@ -20,9 +20,27 @@ import dataclasses
 import re
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Generic, Protocol, TypeVar
+
+import pydantic
 
 from avatar_operator.api import spec as spec_mod
+from avatar_operator.api.pool import AvatarPoolSpec
 from avatar_operator.api.spec import AvatarSessionSpec, Mode
+
+# The spec a rule reads: a rule on the renderer fields reads a session and a pool alike.
+S = TypeVar("S", contravariant=True)
+
+
+class RendererFields(Protocol):
+    """What a local session and a pool both have: the model and the runner."""
+
+    @property
+    def model_path(self) -> str | None: ...
+    @property
+    def model_volume(self) -> spec_mod.ModelVolume | None: ...
+    @property
+    def runner(self) -> spec_mod.RunnerSpec | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,27 +63,27 @@ class CelReason(StrEnum):
 
 
 @dataclasses.dataclass(frozen=True)
-class Rule:
+class Rule(Generic[S]):
     """A rule on one spec. `cel` runs with `self` at the schema node `scope`
     (and only when that node is present, which `check` mirrors)."""
 
     id: str
     field: str
     message: str
-    check: Callable[[AvatarSessionSpec], bool]  # True when the spec passes
+    check: Callable[[S], bool]  # True when the spec passes
     cel: str
     scope: str
     reason: CelReason = CelReason.INVALID
 
 
 @dataclasses.dataclass(frozen=True)
-class TransitionRule:
+class TransitionRule(Generic[S]):
     """A rule on an update: `oldSelf` is the stored object at `scope`."""
 
     id: str
     field: str
     message: str
-    check: Callable[[AvatarSessionSpec, AvatarSessionSpec], bool]  # (old, new) -> passes
+    check: Callable[[S, S], bool]  # (old, new) -> passes
     cel: str
     scope: str
 
@@ -140,35 +158,8 @@ def _utf8_fits(value: str) -> bool:
     return len(value.encode()) <= LIVEKIT_NAME_MAX_BYTES
 
 
-RULES: tuple[Rule, ...] = (
-    Rule(
-        id="room-non-empty",
-        field="spec.room",
-        message="must not be empty: set it to the LiveKit room the avatar joins",
-        check=lambda s: s.room != "",
-        cel="size(self) > 0",
-        scope="spec.room",
-        reason=CelReason.REQUIRED,
-    ),
-    Rule(
-        id="agent-identity-non-empty",
-        field="spec.agentIdentity",
-        message="must not be empty: set it to the identity of the agent participant the avatar speaks for",
-        check=lambda s: s.agent_identity != "",
-        cel="size(self) > 0",
-        scope="spec.agentIdentity",
-        reason=CelReason.REQUIRED,
-    ),
-    Rule(
-        id="local-model-path",
-        field="spec.modelPath",
-        message="must be set for local mode, as the plugin's `model_path`: set it to the .imx model file's "
-        "path in the runner, or set spec.avatarId, spec.avatarImage or spec.avatarImageFrom for a cloud session",
-        check=lambda s: s.mode is Mode.CLOUD or bool(s.model_path),
-        cel=f"{_CLOUD_CEL} || (has(self.modelPath) && size(self.modelPath) > 0)",
-        scope="spec",
-        reason=CelReason.REQUIRED,
-    ),
+# The renderer's rules: a local session's and a pool's fields alike.
+MODEL_RULES: tuple[Rule[RendererFields], ...] = (
     Rule(
         id="model-path-in-volume",
         field="spec.modelPath",
@@ -215,6 +206,77 @@ RULES: tuple[Rule, ...] = (
         cel=" + ".join(f"(has(self.{f}) ? 1 : 0)" for f in _VOLUME_SOURCES) + " == 1",
         scope="spec.modelVolume",
     ),
+)
+RUNNER_GPUS: Rule[RendererFields] = Rule(
+    id="runner-gpus",
+    field="spec.runner.gpus",
+    message="must be 0 or more",
+    check=lambda s: s.runner is None or s.runner.gpus is None or s.runner.gpus >= 0,
+    cel="self >= 0",
+    scope="spec.runner.gpus",
+)
+# A pool holds these for its sessions.
+POOL_OWNED = (("modelPath", "model_path"), ("modelVolume", "model_volume"), ("runner", "runner"))
+
+
+def _unset_with_pool(attr: str) -> Callable[[AvatarSessionSpec], bool]:
+    return lambda s: s.pool_ref is None or getattr(s, attr) is None
+
+
+RULES: tuple[Rule[AvatarSessionSpec], ...] = (
+    Rule(
+        id="room-non-empty",
+        field="spec.room",
+        message="must not be empty: set it to the LiveKit room the avatar joins",
+        check=lambda s: s.room != "",
+        cel="size(self) > 0",
+        scope="spec.room",
+        reason=CelReason.REQUIRED,
+    ),
+    Rule(
+        id="agent-identity-non-empty",
+        field="spec.agentIdentity",
+        message="must not be empty: set it to the identity of the agent participant the avatar speaks for",
+        check=lambda s: s.agent_identity != "",
+        cel="size(self) > 0",
+        scope="spec.agentIdentity",
+        reason=CelReason.REQUIRED,
+    ),
+    Rule(
+        id="local-model-path",
+        field="spec.modelPath",
+        message="must be set for local mode, as the plugin's `model_path`: set it to the .imx model file's "
+        "path in the runner, name a pool in spec.poolRef, or set spec.avatarId, spec.avatarImage or "
+        "spec.avatarImageFrom for a cloud session",
+        check=lambda s: s.mode is Mode.CLOUD or s.pool_ref is not None or bool(s.model_path),
+        cel=f"{_CLOUD_CEL} || has(self.poolRef) || (has(self.modelPath) && size(self.modelPath) > 0)",
+        scope="spec",
+        reason=CelReason.REQUIRED,
+    ),
+    Rule(
+        id="pool-ref-local",
+        field="spec.poolRef",
+        message="a pool renders the avatar itself (local mode): remove spec.poolRef for a cloud session, or "
+        "remove spec.avatarId, spec.avatarImage and spec.avatarImageFrom",
+        check=lambda s: s.pool_ref is None or s.mode is Mode.LOCAL,
+        cel=f"!has(self.poolRef) || !({_CLOUD_CEL})",
+        scope="spec",
+        reason=CelReason.FORBIDDEN,
+    ),
+    *(
+        Rule(
+            id=f"pool-owns-{wire.lower()}",
+            field=f"spec.{wire}",
+            message=f"must not be set with spec.poolRef: the pool's runners hold the renderer; set {wire} on "
+            "the AvatarPool, or remove spec.poolRef",
+            check=_unset_with_pool(attr),
+            cel=f"!has(self.poolRef) || !has(self.{wire})",
+            scope="spec",
+            reason=CelReason.FORBIDDEN,
+        )
+        for wire, attr in POOL_OWNED
+    ),
+    *MODEL_RULES,
     Rule(
         id="avatar-id-non-empty",
         field="spec.avatarId",
@@ -311,14 +373,7 @@ RULES: tuple[Rule, ...] = (
         cel=f"self > 0.0 && self <= {TIMEOUT_MAX_S:.1f}",
         scope="spec.connection.timeout",
     ),
-    Rule(
-        id="runner-gpus",
-        field="spec.runner.gpus",
-        message="must be 0 or more",
-        check=lambda s: s.runner is None or s.runner.gpus is None or s.runner.gpus >= 0,
-        cel="self >= 0",
-        scope="spec.runner.gpus",
-    ),
+    RUNNER_GPUS,
     Rule(
         id="max-duration",
         field="spec.maxDuration",
@@ -345,37 +400,76 @@ RULES: tuple[Rule, ...] = (
     ),
 )
 
-# What a running session is made of: every field marked IMMUTABLE in the
-# spec's model (spec.Mutability). Only the MUTABLE ones may change (today
-# spec.connection, counted from the next attempt, and spec.maxDuration).
-IMMUTABLE: tuple[tuple[str, str], ...] = tuple(
-    (field.alias or name, name)
-    for name, field in AvatarSessionSpec.model_fields.items()
-    if spec_mod.mutability(field) is spec_mod.Mutability.IMMUTABLE
-)
-MUTABLE_FIELDS: tuple[str, ...] = tuple(
-    f"spec.{field.alias or name}"
-    for name, field in AvatarSessionSpec.model_fields.items()
-    if spec_mod.mutability(field) is spec_mod.Mutability.MUTABLE
-)
+def _fields(model: type[pydantic.BaseModel], marker: spec_mod.Mutability) -> tuple[tuple[str, str], ...]:
+    """(wire name, attribute) of each top-level field with this marker (spec.Mutability)."""
+    return tuple(
+        (field.alias or name, name) for name, field in model.model_fields.items() if spec_mod.mutability(field) is marker
+    )
 
 
-def _unchanged(attr: str) -> Callable[[AvatarSessionSpec, AvatarSessionSpec], bool]:
+def _unchanged(attr: str) -> Callable[[object, object], bool]:
     return lambda old, new: bool(getattr(old, attr) == getattr(new, attr))
 
 
-TRANSITION_RULES: tuple[TransitionRule, ...] = tuple(
-    TransitionRule(
-        id=f"immutable-{wire}",
-        field=f"spec.{wire}",
-        message="cannot change once the session exists: delete the AvatarSession and create it again "
-        f"(only {' and '.join(MUTABLE_FIELDS)} may change)",
-        check=_unchanged(attr),
-        # An optional field may also not appear or disappear.
-        cel=f"has(self.{wire}) == has(oldSelf.{wire}) && (!has(self.{wire}) || self.{wire} == oldSelf.{wire})",
-        scope="spec",
+def _transition_rules(model: type[pydantic.BaseModel], what: str) -> tuple[TransitionRule[object], ...]:
+    mutable = " and ".join(f"spec.{wire}" for wire, _ in _fields(model, spec_mod.MUTABLE))
+    return tuple(
+        TransitionRule(
+            id=f"immutable-{wire}",
+            field=f"spec.{wire}",
+            message=f"cannot change once the {what} (only {mutable} may change)",
+            check=_unchanged(attr),
+            # An optional field may also not appear or disappear.
+            cel=f"has(self.{wire}) == has(oldSelf.{wire}) && (!has(self.{wire}) || self.{wire} == oldSelf.{wire})",
+            scope="spec",
+        )
+        for wire, attr in _fields(model, spec_mod.IMMUTABLE)
     )
-    for wire, attr in IMMUTABLE
+
+
+# What a running session is made of: every field marked IMMUTABLE in the
+# spec's model. Only the MUTABLE ones may change (spec.connection, counted
+# from the next attempt, and spec.maxDuration).
+IMMUTABLE = _fields(AvatarSessionSpec, spec_mod.IMMUTABLE)
+MUTABLE_FIELDS = tuple(f"spec.{wire}" for wire, _ in _fields(AvatarSessionSpec, spec_mod.MUTABLE))
+TRANSITION_RULES = _transition_rules(AvatarSessionSpec, "session exists: delete the AvatarSession and create it again")
+
+# --- the pool ------------------------------------------------------------------
+
+POOL_REPLICAS_MAX = 1000
+SESSIONS_PER_RUNNER_MAX = 64
+
+POOL_RULES: tuple[Rule[AvatarPoolSpec], ...] = (
+    Rule(
+        id="pool-model-path",
+        field="spec.modelPath",
+        message="must be set: the .imx model file's path in the runners (a local session's modelPath)",
+        check=lambda s: bool(s.model_path),
+        cel="has(self.modelPath) && size(self.modelPath) > 0",
+        scope="spec",
+        reason=CelReason.REQUIRED,
+    ),
+    *MODEL_RULES,
+    RUNNER_GPUS,
+    Rule(
+        id="pool-replicas",
+        field="spec.replicas",
+        message=f"must be 0 to {POOL_REPLICAS_MAX}",
+        check=lambda s: 0 <= s.replicas <= POOL_REPLICAS_MAX,
+        cel=f"self >= 0 && self <= {POOL_REPLICAS_MAX}",
+        scope="spec.replicas",
+    ),
+    Rule(
+        id="pool-sessions-per-runner",
+        field="spec.sessionsPerRunner",
+        message=f"must be 1 to {SESSIONS_PER_RUNNER_MAX}: the sessions one runner serves at once",
+        check=lambda s: 1 <= s.sessions_per_runner <= SESSIONS_PER_RUNNER_MAX,
+        cel=f"self >= 1 && self <= {SESSIONS_PER_RUNNER_MAX}",
+        scope="spec.sessionsPerRunner",
+    ),
+)
+POOL_TRANSITION_RULES = _transition_rules(
+    AvatarPoolSpec, "pool exists: its runners are loaded with it; create another AvatarPool for new sessions"
 )
 
 

@@ -436,6 +436,12 @@ class AvatarSessionSpec(KubeModel):
     max_duration: Annotated[Number | None, MUTABLE] = Field(
         default=None, description="Seconds after which the session ends and the avatar leaves (more than 0). May change."
     )
+    pool_ref: Annotated[LocalObjectReference | None, IMMUTABLE] = Field(
+        default=None,
+        description="An AvatarPool in the session's namespace (local mode): the session takes a slot in one of "
+        "its warm runners instead of starting a runner of its own. The pool holds the renderer, so modelPath, "
+        "modelVolume and runner are not set here. Immutable.",
+    )
 
     @property
     def mode(self) -> Mode:
@@ -445,16 +451,16 @@ class AvatarSessionSpec(KubeModel):
         return Mode.CLOUD if cloud else Mode.LOCAL
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """The JSON view of a manifest: plain dicts and lists, null fields dropped.
 
     The apiserver drops a null field (or fills in its default) before it
     validates, so a null field means the same as a missing one.
     """
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+        return {str(k): plain(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -464,6 +470,6 @@ def parse_spec(obj: Mapping[str, Any]) -> AvatarSessionSpec:
     Raises pydantic.ValidationError when the spec's shape is wrong; the
     semantic rules are `validation.validate`'s.
     """
-    spec = _plain(obj.get("spec"))
+    spec = plain(obj.get("spec"))
     # by_name=False: only camelCase names are fields on the wire.
     return AvatarSessionSpec.model_validate(spec if spec is not None else {}, by_alias=True, by_name=False)

@@ -82,6 +82,15 @@ class Reason(StrEnum):
     AVATAR_LEFT = "AvatarLeft"
     MAX_DURATION_REACHED = "MaxDurationReached"
     OPERATOR_ERROR = "OperatorError"
+    # pools
+    POOL_NOT_FOUND = "PoolNotFound"
+    POOL_EXHAUSTED = "PoolExhausted"
+    SLOT_CLAIMED = "SlotClaimed"
+    LAUNCH_REFUSED = "LaunchRefused"
+    RUNNER_LOST = "RunnerLost"
+    RUNNERS_READY = "RunnersReady"
+    RUNNERS_STARTING = "RunnersStarting"
+    RUNNER_REPLACED = "RunnerReplaced"
 
 
 # The schema's view of a type and a reason is metav1.Condition's (any
@@ -95,7 +104,7 @@ class Condition(KubeModel):
     """One aspect of the session's state (the Kubernetes condition shape)."""
 
     type: Annotated[ConditionType, TypeString] = Field(
-        description="The aspect: Accepted, CredentialsReady, RunnerScheduled, CloudRequestAccepted or Ready."
+        description="The aspect (the resource's status.conditions lists them)."
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: Annotated[Reason, ReasonString] = Field(description="Why, in one CamelCase word.")
@@ -119,6 +128,17 @@ class CloudRequest(KubeModel):
     accepted_time: datetime.datetime | None = Field(default=None, description="When bitHuman accepted it.")
 
 
+class RunnerPlacement(KubeModel):
+    """Where a pool session runs: recorded before the launch is sent, so a restarted
+    operator finds the same slot (and the runner the same task, by its idempotency key)."""
+
+    pool: Annotated[Text, StringConstraints(max_length=253)] = Field(description="The AvatarPool.")
+    pod: Annotated[Text, StringConstraints(max_length=253)] = Field(description="The pool runner holding the slot.")
+    task_id: Annotated[Text, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="The runner's task for this session (GET /tasks/{id} on the runner)."
+    )
+
+
 class AvatarSessionStatus(KubeModel):
     """What the operator observed. Written by the operator only."""
 
@@ -133,6 +153,12 @@ class AvatarSessionStatus(KubeModel):
     observed_generation: Int | None = Field(default=None, description="The spec's metadata.generation last acted on.")
     runner_pod: Annotated[Text, StringConstraints(max_length=253)] | None = Field(
         default=None, description="The runner pod's name (local mode)."
+    )
+    runner: RunnerPlacement | None = Field(
+        default=None, description="The pool, runner and task serving the session (spec.poolRef)."
+    )
+    restarts: Int | None = Field(
+        default=None, description="Times the session was placed again after its runner was lost (spec.poolRef)."
     )
     avatar_identity: Annotated[Text, StringConstraints(max_length=256)] | None = Field(
         default=None, description="The avatar participant's identity in the room."
