@@ -61,6 +61,15 @@ SERVE_COMMAND = "serve"
 SERVE_PORT = 8089  # /launch, /health, /ready, /tasks/{id}, /tasks/{id}/stop, /metrics
 SERVE_PORT_NAME = "serve"
 DEFAULT_MAX_SESSIONS = 8  # bitHuman's container's default too
+# A pool's Bearer token: a key of the pool's token Secret, mounted as a file here.
+POOL_TOKEN_KEY = Env.POOL_TOKEN.value
+POOL_TOKEN_DIR = "/var/run/secrets/avatar-operator-pool"
+POOL_TOKEN_FILE = f"{POOL_TOKEN_DIR}/{POOL_TOKEN_KEY}"
+# The launch API's paths (bitHuman's self-hosted container's), for the operator's client.
+LAUNCH_PATH = "/launch"
+HEALTH_PATH = "/health"
+POOL_READY_PATH = "/ready"
+TASKS_PATH = "/tasks"
 
 CONTAINER_NAME = "runner"  # the runner pod's one container
 # The one writable directory: the runner pod's root filesystem is read-only.

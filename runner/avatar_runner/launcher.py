@@ -16,7 +16,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 DEFAULT_GRACE_S = 5.0  # the runner stops in a few seconds on SIGTERM
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -43,8 +43,8 @@ class RunnerLauncher:
         self._python = python
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, session_key: str, env: Mapping[str, str]) -> int:
-        """Launches the runner for `session_key` with `env` added to ours; returns its pid."""
+    def start(self, session_key: str, env: Mapping[str, str], args: Sequence[str] = ()) -> int:
+        """Launches the runner for `session_key` with `env` added to ours (and `args`, e.g. serve); returns its pid."""
         current = self._processes.get(session_key)
         if current is not None and current.poll() is None:
             raise RuntimeError(f"a runner for {session_key!r} is already running (pid {current.pid})")
@@ -57,7 +57,7 @@ class RunnerLauncher:
         process_env = {**inherited, **env, "TERMINATION_LOG_PATH": str(termination_log)}
         with open(self._path(session_key, "stdout"), "wb") as out, open(self._path(session_key, "stderr"), "wb") as err:
             process = subprocess.Popen(
-                [self._python, "-m", "avatar_runner"],
+                [self._python, "-m", "avatar_runner", *args],
                 env=process_env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-from typing import Any
+from typing import Any, Protocol
 
 from avatar_runner import contract
 
@@ -20,7 +20,20 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_MODELS = frozenset({"expression", "expression-2"})
 
 
-def gpu_count(spec: spec_mod.AvatarSessionSpec) -> int:
+class RendererSpec(Protocol):
+    """What a runner is built from: a local session's renderer fields, or a pool's."""
+
+    @property
+    def model(self) -> spec_mod.Model | None: ...
+    @property
+    def model_path(self) -> str | None: ...
+    @property
+    def model_volume(self) -> spec_mod.ModelVolume | None: ...
+    @property
+    def runner(self) -> spec_mod.RunnerSpec | None: ...
+
+
+def gpu_count(spec: RendererSpec) -> int:
     """runner.gpus when given, else one GPU for the expression models, else none."""
     runner = spec.runner
     if runner is not None and runner.gpus is not None:
@@ -46,7 +59,7 @@ RESTRICTED_CONTAINER_SECURITY = {
 }
 
 
-def _resources(spec: spec_mod.AvatarSessionSpec, defaults: RunnerDefaults) -> dict[str, Any]:
+def resources(spec: RendererSpec, defaults: RunnerDefaults) -> dict[str, Any]:
     """runner.resources, else the operator's defaults; plus the GPUs, if any."""
     runner = spec.runner
     resources: dict[str, Any] = (
@@ -64,11 +77,11 @@ def _resources(spec: spec_mod.AvatarSessionSpec, defaults: RunnerDefaults) -> di
     return resources
 
 
-def _var(name: contract.Env, value: str) -> dict[str, Any]:
+def var(name: contract.Env, value: str) -> dict[str, Any]:
     return {"name": name.value, "value": value}
 
 
-def _secret_var(name: contract.Env, secret_name: str) -> dict[str, Any]:
+def secret_var(name: contract.Env, secret_name: str) -> dict[str, Any]:
     """`name` from the key of the same name in Secret `secret_name`, if it has it."""
     ref = {"name": secret_name, "key": name.value, "optional": True}
     return {"name": name.value, "valueFrom": {"secretKeyRef": ref}}
@@ -78,22 +91,22 @@ def _env(
     spec: spec_mod.AvatarSessionSpec, *, livekit_url: str, bithuman_secret: str | None, renderer: str
 ) -> list[dict[str, Any]]:
     env = [
-        _var(contract.Env.LIVEKIT_URL, livekit_url),
+        var(contract.Env.LIVEKIT_URL, livekit_url),
         # A file, not an env var: environment variables leak into crash dumps
         # and `kubectl describe`-style tooling more easily than a mounted Secret.
-        _var(contract.Env.LIVEKIT_TOKEN_FILE, contract.TOKEN_FILE),
-        _var(contract.Env.AGENT_IDENTITY, spec.agent_identity),
-        _var(contract.Env.RENDERER, renderer),
-        _var(contract.Env.HEALTH_PORT, str(contract.HEALTH_PORT)),
+        var(contract.Env.LIVEKIT_TOKEN_FILE, contract.TOKEN_FILE),
+        var(contract.Env.AGENT_IDENTITY, spec.agent_identity),
+        var(contract.Env.RENDERER, renderer),
+        var(contract.Env.HEALTH_PORT, str(contract.HEALTH_PORT)),
     ]
     if spec.model_path:
-        env.append(_var(contract.Env.MODEL_PATH, spec.model_path))
+        env.append(var(contract.Env.MODEL_PATH, spec.model_path))
     # No AVATAR_MAX_DURATION: spec.maxDuration may change while the session
     # runs, and the operator enforces it itself (it stops the runner). A
     # deadline copied into the pod at creation ended sessions early after an
     # edit lengthened it.
     if bithuman_secret:
-        env.extend(_secret_var(key, bithuman_secret) for key in contract.BITHUMAN_CREDENTIAL_KEYS)
+        env.extend(secret_var(key, bithuman_secret) for key in contract.BITHUMAN_CREDENTIAL_KEYS)
     return env
 
 
@@ -107,10 +120,19 @@ def _volumes(
         {"name": "tmp", "mountPath": contract.SCRATCH_DIR},
         {"name": "token", "mountPath": contract.TOKEN_DIR, "readOnly": True},
     ]
-    if spec.model_volume is not None and spec.model_path:
-        volumes.append({"name": "model", **spec.model_volume.model_dump(by_alias=True, exclude_none=True)})
-        mounts.append({"name": "model", "mountPath": posixpath.dirname(spec.model_path) or "/", "readOnly": True})
+    model = model_volume(spec)
+    if model is not None:
+        volumes.append(model[0])
+        mounts.append(model[1])
     return volumes, mounts
+
+
+def model_volume(spec: RendererSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The model's volume and its read-only mount at modelPath's directory, if it has one."""
+    if spec.model_volume is None or not spec.model_path:
+        return None
+    volume = {"name": "model", **spec.model_volume.model_dump(by_alias=True, exclude_none=True)}
+    return volume, {"name": "model", "mountPath": posixpath.dirname(spec.model_path) or "/", "readOnly": True}
 
 
 def _probe(path: str, period_s: int) -> dict[str, Any]:
@@ -136,7 +158,7 @@ def _container(
     }
 
 
-def _pod_spec(
+def runner_pod_spec(
     container: dict[str, Any], volumes: list[dict[str, Any]], runner: spec_mod.RunnerSpec | None
 ) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
@@ -178,7 +200,7 @@ def runner_pod(
     env = _env(spec, livekit_url=livekit_url, bithuman_secret=bithuman_secret, renderer=defaults.renderer)
     volumes, mounts = _volumes(ref, spec)
     image = runner.image if runner and runner.image else defaults.image
-    container = _container(image, env, _resources(spec, defaults), mounts)
+    container = _container(image, env, resources(spec, defaults), mounts)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -188,5 +210,5 @@ def runner_pod(
             "labels": names.labels(ref, "runner"),
             "ownerReferences": [ref.owner_reference()],
         },
-        "spec": _pod_spec(container, volumes, runner),
+        "spec": runner_pod_spec(container, volumes, runner),
     }

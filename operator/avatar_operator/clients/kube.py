@@ -17,6 +17,7 @@ import base64
 import json
 import ssl
 import time
+import urllib.parse
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
@@ -196,3 +197,21 @@ class Kube:
         p = path(names.PLURAL, namespace, name, group=names.GROUP, version=names.VERSION) + "/status"
         code, _ = await self.request("PATCH", p, {"status": dict(status)}, answers=(404,), content_type=MERGE_PATCH)
         return code != 404
+
+    async def patch_pool_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        """Merge-patches an AvatarPool's status; False when the pool is gone. (verb: patch avatarpools/status)"""
+        p = path(names.POOL_PLURAL, namespace, name, group=names.GROUP, version=names.VERSION) + "/status"
+        code, _ = await self.request("PATCH", p, {"status": dict(status)}, answers=(404,), content_type=MERGE_PATCH)
+        return code != 404
+
+    async def read_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """An AvatarPool; None when it does not exist. (verb: get avatarpools)"""
+        status, obj = await self.request(
+            "GET", path(names.POOL_PLURAL, namespace, name, group=names.GROUP, version=names.VERSION), answers=(404,)
+        )
+        return None if status == 404 else dict(obj)
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The namespace's pods with these labels. (verb: list pods)"""
+        _, body = await self.request("GET", path("pods", namespace) + "?" + urllib.parse.urlencode({"labelSelector": selector}))
+        return [dict(item) for item in (body or {}).get("items") or []]

@@ -131,6 +131,9 @@ def bithuman(
     spec: spec_mod.AvatarSessionSpec, settings: settings_mod.Settings, read: SecretReader
 ) -> BithumanCredentials:
     api_url = (spec.bithuman.api_url if spec.bithuman and spec.bithuman.api_url else None) or settings.bithuman.api_url
+    if spec.pool_ref is not None:
+        # The pool's runners render with the pool's bitHuman credentials, not the session's.
+        return BithumanCredentials(api_url=api_url, secret_name=None, api_secret=None, api_token=None)
     ref = spec.bithuman.secret_ref.name if spec.bithuman and spec.bithuman.secret_ref else None
     found = _named(ref, settings.bithuman.secret_name, read, "spec.bithuman.secretRef.name")
     name, data = found if found is not None else (None, {})

@@ -15,9 +15,11 @@ from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.clients import kube as kube_mod
 from avatar_operator.clients import livekit
-from avatar_operator.controller import claims, context, credentials, mailbox, ports, storage, teardown, worker
+from avatar_operator.controller import claims, context, credentials, mailbox, pool_worker, pools, ports, storage, teardown, worker
+from avatar_operator.launchers import pool_pod
 
 RESOURCE = (names.GROUP, names.VERSION, names.PLURAL)
+POOL_RESOURCE = (names.GROUP, names.VERSION, names.POOL_PLURAL)
 
 
 @kopf.on.startup()
@@ -46,6 +48,8 @@ def make_clients(settings: settings_mod.Settings) -> ports.Clients:
         rooms=livekit.Rooms(http),
         launcher=launchers.make(settings.runner.launcher, kube, boxes.post_pod),
         mailboxes=boxes,
+        pool_launcher=launchers.make_pool(settings.runner.launcher, kube),
+        pools=pools.Pools(boxes),
     )
 
 
@@ -55,6 +59,8 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     for task in list(clients.background):
         task.cancel()
     await clients.launcher.close()
+    if clients.pool_launcher is not None:
+        await clients.pool_launcher.close()
     await clients.http.close()
     await clients.kube.close()
 
@@ -63,6 +69,18 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 def avatar_claims(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[claims.Key, claims.Claim]:
     """Every session's (LiveKit URL, room, avatar identity), kept by kopf in memory."""
     return claims.entry(body, memo.settings.livekit.url)
+
+
+@kopf.index(*RESOURCE)
+def pool_bookings(body: kopf.Body, **_: Any) -> dict[tuple[str, str], pool_worker.IndexedBooking]:
+    """Every live pool session's placement (its status.runner), by (namespace, pool): a restarted
+    operator's bookings come from here, as its status is the record of each one."""
+    status = body.get("status") or {}
+    placed = status.get("runner") or {}
+    if status.get("phase") in {p.value for p in context.TERMINAL} or not placed.get("pool") or not placed.get("pod"):
+        return {}
+    key = (str(body.metadata.namespace), str(placed["pool"]))
+    return {key: (str(body.metadata.uid), str(placed["pod"]), placed.get("taskId"))}
 
 
 class _KopfClaims:
@@ -88,6 +106,34 @@ async def run_session(
     )
     with metrics.track(ctx):
         await worker.run(ctx)
+
+
+@kopf.daemon(*POOL_RESOURCE, cancellation_timeout=30.0, backoff=5.0)
+async def run_pool(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+    """The pool's worker: its runners, towards spec.replicas, and its status."""
+    index: kopf.Index[tuple[str, str], pool_worker.IndexedBooking] = kwargs["pool_bookings"]
+    clients: ports.Clients = memo.clients
+    w = pool_worker.PoolWorker(body=body, settings=memo.settings, clients=clients, logger=logger, stopped=stopped)
+    await pool_worker.run(w, lambda ref: list(index.get((ref.namespace, ref.name), ())))
+
+
+@kopf.on.delete(*POOL_RESOURCE)
+async def finalize_pool(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Stops the pool's runners before the pool goes; its sessions then see it gone."""
+    meta = body.metadata
+    await pool_worker.remove(memo.clients, names.PoolRef(name=str(meta.name), namespace=str(meta.namespace), uid=str(meta.uid)))
+
+
+@kopf.on.event("", "v1", "pods", labels={names.MANAGED_BY_LABEL: names.MANAGER, names.POOL_LABEL: kopf.PRESENT})
+def pool_runner_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Hands a pool runner pod's newest state to its pool's view (runners as Pods)."""
+    pod: dict[str, Any] = dict(event["object"])
+    launcher = memo.clients.pool_launcher
+    if not isinstance(launcher, pool_pod.PodPoolLauncher):
+        return
+    for owner in pod.get("metadata", {}).get("ownerReferences") or []:
+        if owner.get("kind") == names.POOL_KIND:
+            launcher.observe(pod["metadata"]["namespace"], owner["name"], pod, deleted=event["type"] == "DELETED")
 
 
 @kopf.on.event("", "v1", "pods", labels={names.MANAGED_BY_LABEL: names.MANAGER, names.SESSION_LABEL: kopf.PRESENT})
@@ -117,7 +163,8 @@ async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: A
         return
     identity = str((body.get("status") or {}).get("avatarIdentity") or context.identity(spec)[0])
     room = await _room_for_cleanup(clients, settings, spec, ref, logger)
-    warning = await teardown.stop_session(clients, ref, spec, room, identity, settings.timing.cleanup_timeout_s)
+    placed = _placement(body)
+    warning = await teardown.stop_session(clients, ref, spec, room, identity, settings.timing.cleanup_timeout_s, placed=placed)
     if warning and (spec.mode == spec_mod.Mode.CLOUD or settings.runner.launcher == settings_mod.Launcher.PROCESS):
         kopf.warn(body, reason="CleanupIncomplete", message=warning)
     if room is not None and spec.mode == spec_mod.Mode.CLOUD:
@@ -126,6 +173,13 @@ async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: A
             warn=lambda message: kopf.warn(body, reason=status_mod.Reason.LATE_AVATAR_REMOVED.value, message=message),
         )
     clients.mailboxes.forget(ref.uid)
+
+
+def _placement(body: kopf.Body) -> status_mod.RunnerPlacement | None:
+    try:
+        return status_mod.from_wire(body.get("status")).runner
+    except Exception:  # noqa: BLE001 - a status this operator did not write places nothing
+        return None
 
 
 async def _room_for_cleanup(

@@ -33,6 +33,10 @@ class Mailbox:
         self.changed.clear()
         return True
 
+    def poke(self) -> None:
+        """Something the worker follows changed (its pool's slots, its runner): look again."""
+        self.changed.set()
+
     def post_pod(self, pod: Mapping[str, Any] | None) -> None:
         self.pod = pod
         self.pod_deleted = pod is None

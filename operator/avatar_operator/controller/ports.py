@@ -22,6 +22,7 @@ import aiohttp
 
 from avatar_operator.clients import livekit
 from avatar_operator.controller import flights, mailbox
+from avatar_operator.controller import pools as pools_mod
 from avatar_operator.launchers import base as launcher_base
 
 
@@ -35,6 +36,8 @@ class KubeApi(Protocol):
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def delete(self, kind: str, namespace: str, name: str) -> None: ...
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool: ...
+    async def patch_pool_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool: ...
+    async def read_pool(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def close(self) -> None: ...
 
 
@@ -106,6 +109,9 @@ class Clients:
     instance: str = dataclasses.field(default_factory=lambda: instance_id())
     # Work that outlives a handler (watching for a late avatar after deletion); cancelled at exit.
     background: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    # Warm pools: what runs their runners, and their runners and bookings in memory.
+    pool_launcher: launcher_base.PoolLauncher | None = None
+    pools: pools_mod.Pools = dataclasses.field(default_factory=pools_mod.Pools)
 
 
 def instance_id() -> str:

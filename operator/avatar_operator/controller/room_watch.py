@@ -10,7 +10,7 @@ from __future__ import annotations
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.clients import livekit
-from avatar_operator.controller import context, credentials, decisions, local_mode, ports, teardown
+from avatar_operator.controller import context, credentials, decisions, local_mode, pool_mode, ports, teardown
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -30,7 +30,12 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
         # The deadline first: a runner pod gone because the last operator
         # stopped it at maxDuration (and died before it wrote so) is not a failure.
         left = await check_deadline(ctx, spec, room, identity)
-        if spec.mode == spec_mod.Mode.LOCAL:
+        if spec.pool_ref is not None:
+            restarts = ctx.status.restarts
+            await pool_mode.follow(ctx, spec, lk)
+            if ctx.status.restarts != restarts:  # placed again: the avatar comes back
+                presence = decisions.Presence(was_present=False)
+        elif spec.mode == spec_mod.Mode.LOCAL:
             await local_mode.follow_pod(ctx, identity)
         # A runner event wakes the worker early; LiveKit is asked on its own schedule.
         if clock.monotonic() >= next_poll:
@@ -85,5 +90,7 @@ async def check_deadline(
     left = ctx.seconds_left()
     if left is None or left > 0:
         return left
-    await teardown.stop_session(ctx.clients, ctx.ref, spec, room, identity, ctx.settings.timing.cleanup_timeout_s)
+    await teardown.stop_session(
+        ctx.clients, ctx.ref, spec, room, identity, ctx.settings.timing.cleanup_timeout_s, placed=ctx.status.runner
+    )
     await ctx.succeed(Reason.MAX_DURATION_REACHED, f"maxDuration of {ctx.live_spec().max_duration}s reached; avatar stopped")

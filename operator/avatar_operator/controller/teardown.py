@@ -11,7 +11,7 @@ import pydantic
 from avatar_operator.api import conditions, names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
-from avatar_operator.controller import late_avatar, ports
+from avatar_operator.controller import late_avatar, pool_mode, ports
 
 Cond = status_mod.ConditionType
 Reason = status_mod.Reason
@@ -24,9 +24,13 @@ async def stop_session(
     room: ports.RoomApi | None,
     identity: str,
     timeout_s: float,
+    *,
+    placed: status_mod.RunnerPlacement | None = None,
 ) -> str | None:
-    """Stops the runner or removes the cloud avatar; returns a warning when LiveKit could not be told."""
-    if spec.mode == spec_mod.Mode.LOCAL:
+    """Stops the runner (or the pool task) or removes the cloud avatar; returns a warning when LiveKit could not be told."""
+    if spec.pool_ref is not None:
+        await pool_mode.stop(clients, ref, placed)
+    elif spec.mode == spec_mod.Mode.LOCAL:
         await stop_runner(clients, ref)
     if room is None:
         return "no LiveKit credentials to remove the avatar participant with"

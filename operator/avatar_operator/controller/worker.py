@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.api import validation
-from avatar_operator.controller import claims, cloud_mode, context, credentials, local_mode, room_watch
+from avatar_operator.controller import claims, cloud_mode, context, credentials, local_mode, pool_mode, room_watch
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -45,9 +45,11 @@ async def run(ctx: context.SessionContext) -> None:
         spec = await accept(ctx)
         await await_avatar_identity(ctx, spec)
         lk, bh = await await_credentials(ctx, spec)
-        if not ctx.status.runner_pod and ctx.status.cloud_request is None:
+        if not ctx.status.runner_pod and ctx.status.cloud_request is None and ctx.status.runner is None:
             await ctx.end_if_past_deadline("before the avatar was started")
-        if spec.mode == spec_mod.Mode.LOCAL:
+        if spec.pool_ref is not None:
+            await pool_mode.start(ctx, spec, lk)
+        elif spec.mode == spec_mod.Mode.LOCAL:
             await local_mode.start(ctx, spec, lk, bh)
         else:
             await cloud_mode.start(ctx, spec, lk, bh)
@@ -55,7 +57,7 @@ async def run(ctx: context.SessionContext) -> None:
     except context.AnotherOperator:
         await ctx.clients.launcher.release(ctx.ref)
     except context.Ended:
-        pass
+        await pool_mode.let_go(ctx)
     except Exception as e:
         # kopf retries the daemon after an error; what was decided before it
         # is still true, so it is written rather than lost, with the count.
@@ -99,7 +101,7 @@ async def accept(ctx: context.SessionContext) -> spec_mod.AvatarSessionSpec:
 
 async def await_avatar_identity(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec) -> None:
     """Waits while an older session puts the same avatar identity in the same room (see `claims`)."""
-    if ctx.status.runner_pod or ctx.status.cloud_request is not None:
+    if ctx.status.runner_pod or ctx.status.cloud_request is not None or ctx.status.runner is not None:
         return  # started already: it holds the identity
     key = claims.key(spec, ctx.settings.livekit.url)
     # The step that waits says so, as a pool's PoolExhausted will: the spec itself is accepted.

@@ -28,15 +28,25 @@ POLL_S = 0.5
 # a development machine that has them (a picture, a bitHuman account).
 _PASSED_THROUGH = (contract.Env.IMAGE_FILE, *contract.BITHUMAN_CREDENTIAL_KEYS)
 
-def runner_env(pod: Mapping[str, Any], token: str) -> dict[str, str]:
-    """The pod's plain env values, its token by value, no health port clash."""
+def default_work_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("AVATAR_PROCESS_WORKDIR", "/tmp/avatar-runners"))
+
+
+def plain_env(pod: Mapping[str, Any]) -> dict[str, str]:
+    """The pod's env values (not its Secret references), and what passes through from ours."""
     env = {item["name"]: str(item["value"]) for item in pod["spec"]["containers"][0]["env"] if "value" in item}
-    env.pop(contract.Env.LIVEKIT_TOKEN_FILE, None)  # no Secret volume for a local process
-    env[contract.Env.LIVEKIT_TOKEN] = token
-    env[contract.Env.HEALTH_PORT] = "0"  # many runners on one machine: no fixed port
     for name in _PASSED_THROUGH:
         if os.environ.get(name):
             env[name] = os.environ[name]
+    return env
+
+
+def runner_env(pod: Mapping[str, Any], token: str) -> dict[str, str]:
+    """The pod's plain env values, its token by value, no health port clash."""
+    env = plain_env(pod)
+    env.pop(contract.Env.LIVEKIT_TOKEN_FILE, None)  # no Secret volume for a local process
+    env[contract.Env.LIVEKIT_TOKEN] = token
+    env[contract.Env.HEALTH_PORT] = "0"  # many runners on one machine: no fixed port
     return env
 
 
@@ -50,8 +60,7 @@ def _snapshot(phase: str, terminated: Mapping[str, Any] | None = None) -> dict[s
 class ProcessLauncher:
     def __init__(self, post_pod: base.PostPod, work_dir: pathlib.Path | None = None) -> None:
         self._post = post_pod
-        default = pathlib.Path(os.environ.get("AVATAR_PROCESS_WORKDIR", "/tmp/avatar-runners"))
-        self._runners = launcher.RunnerLauncher(work_dir or default)
+        self._runners = launcher.RunnerLauncher(work_dir or default_work_dir())
         self._watchers: dict[str, asyncio.Task[None]] = {}
 
     @staticmethod
