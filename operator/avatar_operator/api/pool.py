@@ -49,6 +49,12 @@ class PoolRunnerSpec(spec_mod.RunnerSpec):
         description="What draws the frames: bithuman (the bitHuman SDK and the .imx model) or portrait (a "
         "built-in CPU portrait, for development). Default: the operator's runner renderer.",
     )
+    args: Annotated[list[Annotated[str, Strict(), StringConstraints(max_length=spec_mod.TEXT_MAX)]], Field(max_length=16)] | None = Field(
+        default=None,
+        description="The container's arguments. Default: python -m avatar_runner serve (this project's runner "
+        "image). For bitHuman's own self-hosted avatar image, set [] to run that image's entrypoint: it serves "
+        "the same launch API on the same port.",
+    )
 
 
 class AvatarPoolSpec(KubeModel):

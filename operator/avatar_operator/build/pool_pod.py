@@ -46,12 +46,17 @@ def _volumes(ref: names.PoolRef, spec: pool_mod.AvatarPoolSpec) -> tuple[list[di
     return volumes, mounts
 
 
-def _container(image: str, env: list[dict[str, Any]], resources: dict[str, Any], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+SERVE_ARGS = ["python", "-m", contract.MODULE, contract.SERVE_COMMAND]
+
+
+def _container(
+    image: str, args: list[str], env: list[dict[str, Any]], resources: dict[str, Any], mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
     probe = {"httpGet": {"path": contract.HEALTH_PATH, "port": contract.SERVE_PORT_NAME}}
     return {
         "name": contract.CONTAINER_NAME,
         "image": image,
-        "args": ["python", "-m", contract.MODULE, contract.SERVE_COMMAND],
+        **({"args": args} if args else {}),  # none: the image's own entrypoint (bitHuman's image)
         "env": env,
         "resources": resources,
         "volumeMounts": mounts,
@@ -78,7 +83,8 @@ def runner_pod(
     renderer = runner.renderer.value if runner and runner.renderer else defaults.renderer
     image = runner.image if runner and runner.image else defaults.image
     volumes, mounts = _volumes(ref, spec)
-    container = _container(image, _env(spec, bithuman_secret, renderer), pod_mod.resources(spec, defaults), mounts)
+    args = list(runner.args) if runner and runner.args is not None else SERVE_ARGS
+    container = _container(image, args, _env(spec, bithuman_secret, renderer), pod_mod.resources(spec, defaults), mounts)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
