@@ -63,12 +63,20 @@ def fake_api(artifacts: pathlib.Path) -> Iterator[FakeAPI]:
 
 @pytest.fixture(scope="session")
 def operator(stack: Stack, fake_api: FakeAPI, artifacts: pathlib.Path) -> Iterator[Operator]:
-    crd = ROOT / "crds" / "avatarsessions.avatar-operator.dev.yaml"
-    stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    stack.wait_established("-f", str(crd))
+    apply_crds(stack)
     op = Operator(stack, fake_api, artifacts / "operator.log")
     yield op
     op.stop()
+
+
+def apply_crds(stack: Stack) -> list[pathlib.Path]:
+    """Every generated CRD in crds/ (AvatarSession and AvatarPool), applied and Established."""
+    crds = sorted((ROOT / "crds").glob("*.yaml"))
+    assert len(crds) >= 2, f"expected the AvatarSession and AvatarPool CRDs in {ROOT / 'crds'}: {crds}"
+    stack.kubectl("apply", "--server-side", "--force-conflicts", *(a for path in crds for a in ("-f", str(path))))
+    for path in crds:  # one at a time: a jsonpath over several objects reads none of them
+        stack.wait_established("-f", str(path))
+    return crds
 
 
 def secret_manifest(name: str, data: dict[str, str]) -> str:

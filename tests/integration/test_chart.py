@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 import yaml
+from avatar_operator.api import names
+from avatar_runner import contract
 
 from tests.conftest import ROOT, Stack
 from tests.integration import kubeconform_schemas
@@ -33,12 +35,16 @@ pytestmark = pytest.mark.stack
 CHART = ROOT / "charts" / "avatar-operator"
 RELEASE_NAMESPACE = "avatar-system"
 
-# Rendered variants: both modes, each alone and with peering, with the ServiceMonitor on and off.
+NETWORK_POLICY = "pool.networkPolicy.enabled=true"
+# Rendered variants: both modes, each alone, with peering and with the pool
+# runners' NetworkPolicy, with the ServiceMonitor on and off.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "namespaced": (),
     "namespaced-peering": ("watchNamespaces={a,b}", "replicaCount=2"),
+    "namespaced-networkpolicy": ("watchNamespaces={a,b}", NETWORK_POLICY),
     "cluster": ("clusterWide=true",),
     "cluster-peering": ("clusterWide=true", "replicaCount=2"),
+    "cluster-networkpolicy": ("clusterWide=true", NETWORK_POLICY, "pool.networkPolicy.namespaces={a}"),
 }
 
 
@@ -120,6 +126,7 @@ def test_rendered_chart_passes_kubeconform_strict(tools: Tools, schema_dir: path
     rendered = tools.helm_("template", "rel", str(CHART), "--namespace", RELEASE_NAMESPACE, "--include-crds", *_sets(values)).stdout
     kinds = {d["kind"] for d in yaml.safe_load_all(rendered) if d}
     assert ("ServiceMonitor" in kinds) is service_monitor
+    assert ("NetworkPolicy" in kinds) is (NETWORK_POLICY in values)
     assert {"CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole"} <= kinds
     proc = _kubeconform(tools, schema_dir, rendered)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -138,6 +145,10 @@ def test_rendered_chart_passes_kubeconform_strict(tools: Tools, schema_dir: path
         ("KopfPeering", {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "x"}, "spec": {}}),
         ("AvatarSession", {"apiVersion": "avatar-operator.dev/v1alpha1", "kind": "AvatarSession", "metadata": {"name": "x"},
                            "spec": {"room": "r", "agentIdentity": "a", "modelPath": "/m.imx", "romo": 1}}),
+        ("AvatarPool", {"apiVersion": "avatar-operator.dev/v1alpha1", "kind": "AvatarPool", "metadata": {"name": "x"},
+                        "spec": {"modelPath": "/m/a.imx", "replica": 2}}),
+        ("NetworkPolicy", {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "x"},
+                           "spec": {"podSelector": {}, "ingres": []}}),
     ],
 )
 def test_generated_schemas_refuse_unknown_fields(tools: Tools, schema_dir: pathlib.Path, kind: str, document: dict[str, Any]) -> None:
@@ -170,6 +181,14 @@ NEEDED = [
     ("patch", "avatarsessions.avatar-operator.dev", ()),
     ("patch", "avatarsessions.avatar-operator.dev", ("--subresource=status",)),
     ("update", "avatarsessions.avatar-operator.dev", ("--subresource=finalizers",)),
+    # The pool controller: kopf's watch-stream, a session's poolRef read by name, the status it writes.
+    ("get", "avatarpools.avatar-operator.dev", ()),
+    ("list", "avatarpools.avatar-operator.dev", ()),
+    ("watch", "avatarpools.avatar-operator.dev", ()),
+    ("patch", "avatarpools.avatar-operator.dev", ()),
+    ("get", "avatarpools.avatar-operator.dev", ("--subresource=status",)),
+    ("patch", "avatarpools.avatar-operator.dev", ("--subresource=status",)),
+    ("update", "avatarpools.avatar-operator.dev", ("--subresource=finalizers",)),
     ("get", "pods", ()),
     ("list", "pods", ()),
     ("watch", "pods", ()),
@@ -218,7 +237,7 @@ def _assert_running_restricted(stack: Stack, release: Release, replicas: int) ->
         assert pod["status"]["phase"] == "Running"
     labels = json.loads(stack.kubectl("get", "namespace", RELEASE_NAMESPACE, "-o", "json").stdout)["metadata"]["labels"]
     assert labels.get("pod-security.kubernetes.io/enforce") == "restricted"
-    for crd in ("avatarsessions.avatar-operator.dev", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
+    for crd in ("avatarsessions.avatar-operator.dev", "avatarpools.avatar-operator.dev", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
         stack.kubectl("get", "crd", crd)
 
 
@@ -266,12 +285,87 @@ def test_cluster_install_grants_secrets_by_name_only(stack: Stack, tools: Tools,
 
 
 def test_uninstall_removes_the_grants(stack: Stack, tools: Tools, install: Any, namespace: str) -> None:
-    release = install(f"watchNamespaces={{{namespace}}}")
+    release = install(f"watchNamespaces={{{namespace}}}", NETWORK_POLICY)
     assert _can(stack, release.user, "get", "secrets", "-n", namespace)
+    policy = f"{release.fullname}-pool-runners"
+    stored = json.loads(stack.kubectl("get", "networkpolicy", policy, "-n", namespace, "-o", "json").stdout)
+    assert stored["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "pool-runner"
     tools.helm_("uninstall", release.name, "--namespace", RELEASE_NAMESPACE, "--wait")
     assert stack.kubectl("get", "clusterrole", release.fullname, check=False).returncode != 0
     assert stack.kubectl("get", "role", release.fullname, "-n", namespace, check=False).returncode != 0
+    assert stack.kubectl("get", "networkpolicy", policy, "-n", namespace, check=False).returncode != 0
     assert not _can(stack, release.user, "get", "secrets", "-n", namespace)
+
+
+# --- the pool runners' NetworkPolicy --------------------------------------------
+
+
+def _render(tools: Tools, *values: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return tools.helm_("template", "rel", str(CHART), "--namespace", RELEASE_NAMESPACE, *_sets(values), check=check)
+
+
+def _of_kind(rendered: str, kind: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == kind]
+
+
+def test_the_network_policy_is_off_by_default(tools: Tools) -> None:
+    for variant in ("namespaced", "cluster"):
+        assert _of_kind(_render(tools, *VARIANTS[variant]).stdout, "NetworkPolicy") == []
+
+
+@pytest.mark.parametrize(
+    ("values", "namespaces"),
+    [
+        ((NETWORK_POLICY,), [RELEASE_NAMESPACE]),
+        (("watchNamespaces={a,b}", NETWORK_POLICY), ["a", "b"]),
+        (("watchNamespaces={a,b}", NETWORK_POLICY, "pool.networkPolicy.namespaces={c}"), ["c"]),
+        (("clusterWide=true", NETWORK_POLICY, "pool.networkPolicy.namespaces={a,b}"), ["a", "b"]),
+    ],
+    ids=["release-namespace", "watched", "named", "cluster"],
+)
+def test_the_network_policy_admits_only_the_operator_to_the_runners_port(tools: Tools, values: tuple[str, ...], namespaces: list[str]) -> None:
+    rendered = _render(tools, *values).stdout
+    policies = _of_kind(rendered, "NetworkPolicy")
+    assert [p["metadata"]["namespace"] for p in policies] == namespaces
+    (deployment,) = _of_kind(rendered, "Deployment")
+    operator_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    runner_labels = names.pool_labels(names.PoolRef(name="lobby", namespace="a", uid="u"), "lobby-runner-x")
+    for policy in policies:
+        spec = policy["spec"]
+        # It selects the pool runners, as the operator labels them, and no other pod.
+        selector = spec["podSelector"]["matchLabels"]
+        assert selector.items() <= runner_labels.items() and selector["app.kubernetes.io/component"] == "pool-runner"
+        assert spec["policyTypes"] == ["Ingress"]
+        # One way in: the serve port, from this release's operator pods in the release namespace.
+        (rule,) = spec["ingress"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": contract.SERVE_PORT}]
+        (peer,) = rule["from"]
+        assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NAMESPACE}}
+        assert peer["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+        assert peer["podSelector"]["matchLabels"].items() <= operator_labels.items()
+
+
+def test_the_network_policy_in_cluster_mode_needs_its_namespaces(tools: Tools) -> None:
+    proc = _render(tools, "clusterWide=true", NETWORK_POLICY, check=False)
+    assert proc.returncode != 0 and "/pool/networkPolicy/namespaces" in proc.stderr, proc.stderr
+    proc = tools.helm_("template", "rel", str(CHART), "--skip-schema-validation", *_sets(("clusterWide=true", NETWORK_POLICY)), check=False)
+    assert proc.returncode != 0 and "needs pool.networkPolicy.namespaces" in proc.stderr, proc.stderr
+
+
+def test_the_rbac_template_names_each_pool_verb(tools: Tools) -> None:
+    """Rendered, not granted: the rules as the chart writes them, in both modes."""
+    wanted = {
+        "avatarpools": ["get", "list", "watch", "patch"],
+        "avatarpools/status": ["get", "patch"],
+        "avatarpools/finalizers": ["update"],
+        "pods": ["get", "list", "watch", "create", "delete"],
+        "secrets": ["get", "create", "delete"],
+    }
+    for values, kind in (((), "Role"), (("clusterWide=true",), "ClusterRole")):
+        (role,) = _of_kind(_render(tools, *values).stdout, kind)
+        got = {res: rule["verbs"] for rule in role["rules"] for res in rule["resources"]}
+        for resource, verbs in wanted.items():
+            assert got.get(resource) == verbs, (kind, resource, got.get(resource))
 
 
 # --- the operator itself, with only the chart's grants ------------------------

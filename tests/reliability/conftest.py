@@ -95,9 +95,12 @@ def stackctl(stack: Stack) -> StackControl:
 
 @pytest.fixture(scope="session")
 def crd(stack: Stack) -> None:
-    path = ROOT / "crds" / "avatarsessions.avatar-operator.dev.yaml"
-    stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    stack.kubectl("wait", "--for=condition=Established", "-f", str(path))
+    # Every generated CRD (AvatarSession and AvatarPool), each Established before a test uses it.
+    paths = sorted((ROOT / "crds").glob("*.yaml"))
+    assert len(paths) >= 2, f"expected the AvatarSession and AvatarPool CRDs in {ROOT / 'crds'}: {paths}"
+    stack.kubectl("apply", "--server-side", "--force-conflicts", *(a for path in paths for a in ("-f", str(path))))
+    for path in paths:
+        stack.wait_established("-f", str(path))
 
 
 @pytest.fixture(scope="session")

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
-from avatar_operator.api import crd, rules, spec
+from avatar_operator.api import crd, names, rules, spec
 from pydantic import Field
 
 FIX = "run `make crd` (python -m avatar_operator.api.crd --write) and commit crds/"
 
 
-def schema() -> dict[str, Any]:
-    root: dict[str, Any] = crd.build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def schema(kind: crd.Kind = crd.SESSION) -> dict[str, Any]:
+    root: dict[str, Any] = crd.build_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return root
+
+
+# Every generated CRD: its file in crds/ and its kind.
+KINDS = pytest.mark.parametrize(("path", "kind"), list(crd.KINDS.items()), ids=[k.kind for k in crd.KINDS.values()])
+EACH_KIND = pytest.mark.parametrize("kind", list(crd.KINDS.values()), ids=[k.kind for k in crd.KINDS.values()])
 
 
 def nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -29,15 +35,29 @@ def nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str,
         yield from nodes(node["items"], f"{path}[]")
 
 
-def test_committed_crd_is_up_to_date() -> None:
-    assert crd.CRD_PATH.exists(), f"{crd.CRD_PATH} is missing: {FIX}"
-    assert crd.CRD_PATH.read_text() == crd.render_crd_yaml(), f"{crd.CRD_PATH} is stale: {FIX}"
+@KINDS
+def test_committed_crd_is_up_to_date(path: pathlib.Path, kind: crd.Kind) -> None:
+    assert path.exists(), f"{path} is missing: {FIX}"
+    assert path.read_text() == crd.render_crd_yaml(kind), f"{path} is stale: {FIX}"
 
 
-def test_rendering_is_deterministic_and_round_trips() -> None:
-    text = crd.render_crd_yaml()
-    assert text == crd.render_crd_yaml()
-    assert yaml.safe_load(text) == crd.build_crd()  # no CEL rule or regex is mangled by quoting
+def test_crds_holds_every_kind_and_nothing_else() -> None:
+    assert sorted(crd.CRD_DIR.glob("*.yaml")) == sorted(crd.KINDS), f"crds/ and crd.KINDS differ: {FIX}"
+    assert {crd.CRD_PATH, crd.POOL_CRD_PATH} <= set(crd.KINDS)
+    for path, kind in crd.KINDS.items():
+        assert path.name == f"{kind.plural}.{names.GROUP}.yaml" == f"{crd.build_crd(kind)['metadata']['name']}.yaml"
+
+
+def test_render_all_is_every_kind() -> None:
+    docs = list(yaml.safe_load_all(crd.render_all()))
+    assert docs == [crd.build_crd(kind) for kind in crd.KINDS.values()]
+
+
+@EACH_KIND
+def test_rendering_is_deterministic_and_round_trips(kind: crd.Kind) -> None:
+    text = crd.render_crd_yaml(kind)
+    assert text == crd.render_crd_yaml(kind)
+    assert yaml.safe_load(text) == crd.build_crd(kind)  # no CEL rule or regex is mangled by quoting
 
 
 def test_names_and_scope() -> None:
@@ -52,8 +72,9 @@ def test_names_and_scope() -> None:
     assert [col["name"] for col in version["additionalPrinterColumns"]] == ["Phase", "Mode", "Model", "Room", "Ready", "Age"]
 
 
-def test_schema_is_structural() -> None:
-    for path, node in nodes(schema()):
+@EACH_KIND
+def test_schema_is_structural(kind: crd.Kind) -> None:
+    for path, node in nodes(schema(kind)):
         assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path}: no type"
         assert "x-kubernetes-preserve-unknown-fields" not in node, path
         assert "$ref" not in node and "title" not in node, path
@@ -63,25 +84,28 @@ def test_schema_is_structural() -> None:
             assert node.get("x-kubernetes-int-or-string") and node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
 
 
-def test_every_field_is_documented() -> None:
-    for path, node in nodes(schema()):
+@EACH_KIND
+def test_every_field_is_documented(kind: crd.Kind) -> None:
+    for path, node in nodes(schema(kind)):
         name = path.rsplit(".", 1)[-1]
         if path and path != ".metadata" and not path.endswith(("[]", ".*")):
             assert node.get("description"), f"{path} has no description (kubectl explain shows it): add one in spec.py or status.py"
             assert name != "*"
 
 
-def test_every_string_is_bounded() -> None:
+@EACH_KIND
+def test_every_string_is_bounded(kind: crd.Kind) -> None:
     # The apiserver estimates CEL cost from maxLength; an unbounded string in
     # a rule can get the CRD refused.
-    for path, node in nodes(schema()):
+    for path, node in nodes(schema(kind)):
         if node.get("type") == "string" and not path.startswith((".apiVersion", ".kind", ".status")):
             assert "maxLength" in node or "enum" in node or "pattern" in node, f"{path}: no maxLength"
 
 
-def test_every_rule_is_in_the_schema_at_its_scope() -> None:
-    root = schema()
-    every: list[rules.Rule | rules.TransitionRule] = [*rules.RULES, *rules.TRANSITION_RULES]
+@EACH_KIND
+def test_every_rule_is_in_the_schema_at_its_scope(kind: crd.Kind) -> None:
+    root = schema(kind)
+    every: list[rules.Rule[Any] | rules.TransitionRule[Any]] = [*kind.rule_table, *kind.transition_table]
     for rule in every:
         node = root
         for name in rule.scope.split("."):
@@ -103,8 +127,9 @@ def test_defaults_are_the_models() -> None:
     assert "default" not in props["bithuman"]["properties"]["apiUrl"]
 
 
-def test_status_conditions_are_a_map_keyed_by_type() -> None:
-    conditions = schema()["properties"]["status"]["properties"]["conditions"]
+@EACH_KIND
+def test_status_conditions_are_a_map_keyed_by_type(kind: crd.Kind) -> None:
+    conditions = schema(kind)["properties"]["status"]["properties"]["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
     assert "type" in conditions["items"]["required"]
