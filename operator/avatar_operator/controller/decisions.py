@@ -18,6 +18,9 @@ FIRST_POLL_S = 0.5
 POLL_GROWTH = 1.5
 SLOW_POLL_S = 5.0
 MISSING_POLL_S = 1.0
+# A warm pool's avatar is there within a second of its launch: asked about often at first.
+WARM_FIRST_POLL_S = 0.2
+WARM_POLL_GROWTH = 1.15
 
 
 class Verdict(enum.Enum):
@@ -34,6 +37,7 @@ class Presence:
     was_present: bool = False
     absent_since: float | None = None  # monotonic time the avatar was first missed
     interval: float = FIRST_POLL_S  # seconds to the next poll
+    growth: float = POLL_GROWTH  # the interval's growth while waiting
 
 
 def observe(presence: Presence, seen: livekit.RoomView, now: float, grace_s: float) -> tuple[Verdict, Presence]:
@@ -42,14 +46,14 @@ def observe(presence: Presence, seen: livekit.RoomView, now: float, grace_s: flo
     A LiveKit restart or a reconnect looks like a departure for a moment: a
     Ready avatar must stay away for `grace_s` before the session ends."""
     if seen.avatar_publishing_video:
-        return Verdict.PUBLISHING, Presence(was_present=True, absent_since=None, interval=SLOW_POLL_S)
+        return Verdict.PUBLISHING, Presence(was_present=True, interval=SLOW_POLL_S, growth=presence.growth)
     if presence.was_present and not seen.avatar_present:
         since = now if presence.absent_since is None else presence.absent_since
         verdict = Verdict.LEFT if now - since >= grace_s else Verdict.MISSING
-        return verdict, Presence(was_present=True, absent_since=since, interval=MISSING_POLL_S)
+        return verdict, Presence(was_present=True, absent_since=since, interval=MISSING_POLL_S, growth=presence.growth)
     if presence.was_present:  # back, or still there without video: not a departure
         return Verdict.WAITING, dataclasses.replace(presence, absent_since=None)
-    return Verdict.WAITING, dataclasses.replace(presence, interval=min(presence.interval * POLL_GROWTH, SLOW_POLL_S))
+    return Verdict.WAITING, dataclasses.replace(presence, interval=min(presence.interval * presence.growth, SLOW_POLL_S))
 
 
 def deadline(start: datetime.datetime | None, max_duration_s: float | None) -> datetime.datetime | None:
@@ -61,3 +65,10 @@ def deadline(start: datetime.datetime | None, max_duration_s: float | None) -> d
 
 def seconds_until(when: datetime.datetime | None, now: datetime.datetime) -> float | None:
     return None if when is None else (when - now).total_seconds()
+
+
+def first_presence(was_present: bool, warm: bool) -> Presence:
+    """The poll schedule a session starts (or, placed again, restarts) with."""
+    if warm:
+        return Presence(was_present=was_present, interval=WARM_FIRST_POLL_S, growth=WARM_POLL_GROWTH)
+    return Presence(was_present=was_present)

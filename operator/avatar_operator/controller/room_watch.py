@@ -24,7 +24,8 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
     identity, _ = context.identity(spec)
     room = ctx.clients.rooms.get(lk.url, lk.api_key, lk.api_secret)
     clock = ctx.clients.clock
-    presence = decisions.Presence(was_present=ctx.is_true(Cond.READY))
+    warm = spec.pool_ref is not None
+    presence = decisions.first_presence(ctx.is_true(Cond.READY), warm)
     next_poll = clock.monotonic()
     while True:
         # The deadline first: a runner pod gone because the last operator
@@ -34,7 +35,8 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
             restarts = ctx.status.restarts
             await pool_mode.follow(ctx, spec, lk)
             if ctx.status.restarts != restarts:  # placed again: the avatar comes back
-                presence = decisions.Presence(was_present=False)
+                presence = decisions.first_presence(False, warm)
+                next_poll = clock.monotonic()
         elif spec.mode == spec_mod.Mode.LOCAL:
             await local_mode.follow_pod(ctx, identity)
         # A runner event wakes the worker early; LiveKit is asked on its own schedule.
