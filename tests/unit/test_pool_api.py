@@ -373,3 +373,12 @@ def test_every_pool_rule_is_in_the_schema_at_its_scope() -> None:
         assert entries[0].get("fieldPath") == (None if rule.field == rule.scope else rule.field.removeprefix(rule.scope))
     # And nothing else: the session's rules stay in the session's CRD.
     assert sorted(v["rule"] for _, node in nodes(root) for v in node.get("x-kubernetes-validations", [])) == sorted(r.cel for r in every)
+
+
+def test_validate_pool_update_refuses_a_renderer_change_and_takes_a_scale() -> None:
+    old = avatar_pool(FULL)
+    assert validation.validate_pool_update(old, avatar_pool({**FULL, "replicas": 5})) == []
+    problems = validation.validate_pool_update(old, avatar_pool({**FULL, "sessionsPerRunner": 2}))
+    assert [p.field for p in problems] == ["spec.sessionsPerRunner"]
+    assert "create another AvatarPool" in problems[0].message
+    assert [p.field for p in validation.validate_pool_update(old, avatar_pool({**FULL, "replicas": -1}))] == ["spec.replicas"]

@@ -164,7 +164,7 @@ class KubeModel(BaseModel):
 class LocalObjectReference(KubeModel):
     """A reference to an object in the session's namespace."""
 
-    name: Name = Field(description="Name of the object, in the AvatarSession's namespace.")
+    name: Name = Field(description="Name of the object, in the namespace of the resource that names it.")
 
 
 class KeySelector(KubeModel):

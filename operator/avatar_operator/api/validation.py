@@ -129,3 +129,16 @@ def validate_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Prob
         return []  # nothing valid was stored, so nothing is running to protect
     new_spec = parse_spec(new)
     return [Problem(r.field, r.message) for r in rules.TRANSITION_RULES if not r.check(old_spec, new_spec)]
+
+
+def validate_pool_update(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Problem]:
+    """validate_pool(new), plus the pool's fields that may not change from `old`."""
+    problems = validate_pool(new)
+    if problems:
+        return problems
+    try:
+        old_spec = pool_mod.parse_pool(old)
+    except pydantic.ValidationError:
+        return []
+    new_spec = pool_mod.parse_pool(new)
+    return [Problem(r.field, r.message) for r in rules.POOL_TRANSITION_RULES if not r.check(old_spec, new_spec)]
