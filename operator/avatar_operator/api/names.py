@@ -37,6 +37,11 @@ NAME_MAX = 253  # an object name (a DNS subdomain)
 LABEL_VALUE_MAX = 63
 
 
+def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
+    """What an owned object points back with: the garbage collector deletes it with its owner."""
+    return {"apiVersion": API_VERSION, "kind": kind, "name": name, "uid": uid, "controller": True, "blockOwnerDeletion": True}
+
+
 @dataclasses.dataclass(frozen=True)
 class SessionRef:
     """The session an owned object points back to."""
@@ -46,14 +51,7 @@ class SessionRef:
     uid: str
 
     def owner_reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+        return owner_reference(KIND, self.name, self.uid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +63,7 @@ class PoolRef:
     uid: str
 
     def owner_reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": POOL_KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+        return owner_reference(POOL_KIND, self.name, self.uid)
 
 
 def shorten(value: str, limit: int) -> str:
