@@ -207,6 +207,70 @@ kwok_stages() {
   say "kwok stages -> $out"
 }
 kwok_stages
+# The real node (AVATAR_REAL_NODE=1, hack/stack.py up --real-node): kubelet
+# from the same k8s.io/kubernetes module as the control plane, and a static
+# "pause" binary for the sandbox image the stack makes itself (no registry).
+build_kubelet() {
+  local out="$cache/bin/kubelet-$KUBERNETES_VERSION" src="$cache/src/kubernetes-$KUBERNETES_VERSION"
+  [[ -f "$out/.complete" ]] && return 0
+  say "building kubelet $KUBERNETES_VERSION from k8s.io/kubernetes (about 2 min with the module cache warm)"
+  if [[ ! -f "$src/go.mod" ]]; then
+    wrapper_module "$src" "k8s.io/kubernetes@$KUBERNETES_VERSION"
+    local gomod staging="v0${KUBERNETES_VERSION#v1}"
+    gomod="$(gomod_of "k8s.io/kubernetes@$KUBERNETES_VERSION")"
+    sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#replace \1 => \1 '"$staging"'#p' "$gomod" >>"$src/go.mod"
+  fi
+  local pkg=k8s.io/component-base/version
+  local ldflags="-s -w -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$want_minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  mkdir -p "$out"
+  (cd "$src" && go build -v -ldflags "$ldflags" -o "$out/" k8s.io/kubernetes/cmd/kubelet 2>&1 | progress kubelet) \
+    && [[ -x "$out/kubelet" ]] || die "building kubelet $KUBERNETES_VERSION failed; see $cache/logs/kubelet.log"
+  touch "$out/.complete"
+}
+
+build_pause() {
+  local out="$cache/bin/pause-1" src="$cache/src/pause-1"
+  [[ -f "$out/.complete" ]] && return 0
+  say "building a static pause binary (the pod sandbox's only process)"
+  mkdir -p "$src" "$out"
+  printf 'module avatar-operator.dev/stack/pause\n\ngo 1.21\n' >"$src/go.mod"
+  cat >"$src/main.go" <<'EOF'
+// pause: the sandbox container's process. It holds the pod's namespaces,
+// reaps orphans (it is PID 1 when the pod shares its PID namespace) and exits
+// on SIGINT/SIGTERM, as the upstream pause does.
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for s := range sigs {
+		if s != syscall.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			var ws syscall.WaitStatus
+			if pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil); pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
+EOF
+  (cd "$src" && go build -ldflags "-s -w" -o "$out/pause" . 2>&1 | progress pause) \
+    && [[ -x "$out/pause" ]] || die "building pause failed; see $cache/logs/pause.log"
+  touch "$out/.complete"
+}
+
+if [[ "${AVATAR_REAL_NODE:-0}" == 1 ]]; then
+  if p="$(found kubelet k8s)"; then link kubelet "$p"; else build_kubelet; link kubelet "$cache/bin/kubelet-$KUBERNETES_VERSION/kubelet"; fi
+  build_pause; link pause "$cache/bin/pause-1/pause"
+fi
 if [[ "${STACK_SKIP_CHART_TOOLS:-0}" != 1 ]]; then
   if p="$(found helm)"; then link helm "$p"; else go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"; link helm "$cache/bin/helm-$HELM_VERSION/helm"; fi
   if p="$(found kubeconform)"; then link kubeconform "$p"; else go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"; link kubeconform "$cache/bin/kubeconform-$KUBECONFORM_VERSION/kubeconform"; fi
