@@ -4,6 +4,7 @@
     python3 hack/stack.py up      # idempotent; builds missing binaries first
     python3 hack/stack.py down    # stops every process it started
     python3 hack/stack.py status
+    python3 hack/stack.py up --real-node   # or AVATAR_REAL_NODE=1: also a real node (hack/real_node.py)
 
 etcd, kube-apiserver (TLS, RBAC, a locally generated service-account key),
 kube-controller-manager (garbage collection of owned objects), kube-scheduler,
@@ -221,6 +222,12 @@ def start_etcd(st: dict[str, int]) -> None:
 
 
 def start_apiserver(st: dict[str, int]) -> None:
+    # The real node's kubelet: reached at its InternalIP (its hostname resolves
+    # nowhere), as the admin (kubectl logs/exec); only with the real node.
+    kubelet_client = [
+        "--kubelet-client-certificate", str(PKI / "admin.crt"), "--kubelet-client-key", str(PKI / "admin.key"),
+        "--kubelet-preferred-address-types", "InternalIP,Hostname",
+    ] if st.get("real_node") else []
     if not running("kube-apiserver"):
         start("kube-apiserver", [
             str(BIN / "kube-apiserver"),
@@ -239,6 +246,7 @@ def start_apiserver(st: dict[str, int]) -> None:
             "--cert-dir", str(PKI / "apiserver-generated"),
             "--max-requests-inflight", "1000", "--max-mutating-requests-inflight", "500",
             "--v", "1",
+            *kubelet_client,
         ])
     url = f"https://127.0.0.1:{st['apiserver']}/readyz"
     wait_for(f"kube-apiserver {url}", lambda: https_get(url)[1].strip() == "ok", 180, log="kube-apiserver")
@@ -326,11 +334,15 @@ def setup_cluster() -> None:
 
 def start_livekit(st: dict[str, int | str]) -> None:
     cfg = STACK / "livekit.yaml"
+    # With the real node, pods reach LiveKit on the node's bridge address, and
+    # its ICE candidates name that address (the host reaches it as well).
+    node_ip = f"{st['node_subnet']}.1" if st.get("real_node") else ""
     cfg.write_text(
-        "port: {port}\nbind_addresses: ['127.0.0.1']\n"
-        "rtc:\n  tcp_port: {tcp}\n  udp_port: {udp}\n  use_external_ip: false\n  node_ip: 127.0.0.1\n"
+        "port: {port}\nbind_addresses: [{binds}]\n"
+        "rtc:\n  tcp_port: {tcp}\n  udp_port: {udp}\n  use_external_ip: false\n  node_ip: {ip}\n"
         "keys:\n  {key}: {secret}\nlogging:\n  level: info\n".format(
-            port=st["livekit"], tcp=st["livekit_tcp"], udp=st["livekit_udp"], key=st["livekit_key"], secret=st["livekit_secret"])
+            port=st["livekit"], tcp=st["livekit_tcp"], udp=st["livekit_udp"], key=st["livekit_key"], secret=st["livekit_secret"],
+            binds="'127.0.0.1'" + (f", '{node_ip}'" if node_ip else ""), ip=node_ip or "127.0.0.1")
     )
     if not running("livekit-server"):
         start("livekit-server", [str(BIN / "livekit-server"), "--config", str(cfg), "--dev"])
@@ -346,6 +358,17 @@ def write_env(st: dict[str, int | str]) -> None:
         "AVATAR_STACK_BIN": str(BIN),
         "AVATAR_SESSIONS_NAMESPACE": SESSIONS_NAMESPACE,
     }
+    if st.get("real_node"):
+        import real_node
+
+        ip = f"{st['node_subnet']}.1"
+        env.update({
+            "AVATAR_REAL_NODE": real_node.NODE_NAME,
+            "AVATAR_REAL_NODE_IP": ip,
+            "AVATAR_REAL_NODE_TAINT": real_node.TAINT_KEY,
+            # What a pod on the real node dials: the same LiveKit, on the bridge.
+            "AVATAR_REAL_NODE_LIVEKIT_URL": f"ws://{ip}:{st['livekit']}",
+        })
     (STACK / "env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
     os.chmod(STACK / "env", 0o600)
 
@@ -369,28 +392,55 @@ def load_state() -> dict[str, int | str]:
     return st
 
 
-def up() -> None:
+def real_node_wanted(argv: Sequence[str]) -> bool:
+    return "--real-node" in argv or os.environ.get("AVATAR_REAL_NODE") == "1"
+
+
+def up(with_real_node: bool = False) -> None:
     t0 = time.monotonic()
     STACK.mkdir(parents=True, exist_ok=True)
     if not (BIN / "kube-apiserver").exists() or os.environ.get("STACK_REBUILD") == "1" or not all((BIN / b).exists() for b in ("etcd", "kwok", "kwok-stages.yaml", "livekit-server", "kubectl")):
         say("finding or building binaries (hack/build-binaries.sh)")
         subprocess.run(["bash", str(ROOT / "hack" / "build-binaries.sh"), str(BIN)], check=True)
+    if with_real_node and not all((BIN / b).exists() for b in ("kubelet", "pause")):
+        say("finding or building kubelet and pause (AVATAR_REAL_NODE=1 hack/build-binaries.sh)")
+        subprocess.run(["bash", str(ROOT / "hack" / "build-binaries.sh"), str(BIN)], check=True, env={**os.environ, "AVATAR_REAL_NODE": "1"})
     for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "livekit-server"):
         if not (BIN / b).exists():
             raise StackError(f"missing binary {BIN / b}: run hack/build-binaries.sh (or put it on PATH / KUBEBUILDER_ASSETS)")
     make_pki()
     st = load_state()
+    node = None
+    if with_real_node or st.get("real_node"):
+        import real_node
+
+        node = real_node.Node(sys.modules[__name__])
+        if not st.get("real_node"):
+            if running("kube-apiserver"):
+                raise StackError("the real node is set up with the stack: `stack.py down`, then `stack.py up --real-node`")
+            miss = node.missing()
+            if miss:
+                raise StackError(f"the real node needs: {', '.join(miss)} (apt-get install {real_node.PACKAGES})")
+            st.update(real_node=1, node_subnet=node.pick_subnet(st), kubelet=free_port(), kubelet_healthz=free_port())
+            STATE.write_text(json.dumps(st, indent=2))
+        node.net_up(st)
     write_kubeconfig(STACK / "kubeconfig", f"https://127.0.0.1:{st['apiserver']}")
     start_etcd(st)  # type: ignore[arg-type]
     start_apiserver(st)  # type: ignore[arg-type]
     start_controllers(st)  # type: ignore[arg-type]
     setup_cluster()
     start_livekit(st)
+    if node is not None:
+        node.up(st)
     write_env(st)
     say(f"up in {time.monotonic() - t0:.1f}s: KUBECONFIG={STACK / 'kubeconfig'}, LiveKit ws://127.0.0.1:{st['livekit']}; `source .stack/env`")
 
 
 def down() -> None:
+    if (STACK / "node").exists():
+        import real_node
+
+        real_node.Node(sys.modules[__name__]).down()
     for name in COMPONENTS:
         stop(name)
     # Anything else a test or the demo left in .stack/run (operator, runners, fakes).
@@ -411,6 +461,12 @@ def status() -> int:
         pid = running(name)
         print(f"{name:26} {'running pid ' + str(pid) if pid else 'stopped'}")
         bad += pid is None
+    if (STACK / "node").exists():
+        import real_node
+
+        for name, state in real_node.Node(sys.modules[__name__]).status():
+            print(f"{name:26} {state}")
+            bad += state == "stopped"
     return 1 if bad else 0
 
 
@@ -418,7 +474,7 @@ def main(argv: Sequence[str]) -> int:
     cmd = argv[0] if argv else "status"
     try:
         if cmd == "up":
-            up()
+            up(real_node_wanted(argv[1:]))
         elif cmd == "down":
             down()
         elif cmd == "status":
