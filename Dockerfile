@@ -20,9 +20,20 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY runner/ runner/
+# An extra CA bundle for an intercepting proxy, as a build secret (never in a
+# layer): `docker build --secret id=extra-ca,src=/path/to/ca.pem`, or
+# `podman build --secret id=extra-ca,src=...` (hack/build-images.sh passes
+# $PIP_CERT / $SSL_CERT_FILE when set). pip then trusts it beside the system's CAs.
 # The runner extra's requirements come from pyproject.toml, so the runner
 # image cannot drift from what the project declares.
-RUN python -m pip wheel --wheel-dir /wheels '.[runner]' \
+RUN --mount=type=secret,id=extra-ca,required=false \
+    if [ -s /run/secrets/extra-ca ]; then \
+      cat /etc/ssl/certs/ca-certificates.crt /run/secrets/extra-ca > /tmp/ca-bundle.pem 2>/dev/null \
+        || cp /run/secrets/extra-ca /tmp/ca-bundle.pem; \
+      export PIP_CERT=/tmp/ca-bundle.pem; \
+    fi \
+ && python -m pip wheel --wheel-dir /wheels '.[runner]' \
+ && rm -f /tmp/ca-bundle.pem \
  && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['runner']))" \
       > /wheels/runner-requirements.txt
 
