@@ -6,13 +6,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries stack-up stack-down stack-status crd chart-lint images unit integration reliability bench test typecheck demo clean
+.PHONY: help venv binaries stack-up stack-up-real-node test-real-node stack-down stack-status crd chart-lint images unit integration reliability bench test typecheck demo clean
 
 help:
 	@echo "make venv          virtualenv in .venv with the project and its test tools"
 	@echo "make binaries      find or build kube-apiserver, etcd, kwok, livekit-server, helm, kubeconform"
 	@echo "make stack-up      start the local stack (writes .stack/kubeconfig and .stack/env)"
 	@echo "make stack-down    stop it; no process is left"
+	@echo "make images        build the operator and runner images with podman/buildah (no Docker engine)"
+	@echo "make stack-up-real-node  the stack plus a real node (kubelet + containerd); off by default"
+	@echo "make test-real-node      images + stack with the real node + tests/node + stack-down"
 	@echo "make crd           regenerate crds/ from the models"
 	@echo "make test          venv + stack-up + unit, integration and e2e tests + stack-down"
 	@echo "make bench         control-plane and runner benchmarks; writes bench/results/latest.json"
@@ -47,10 +50,27 @@ crd: $(STAMP)
 chart-lint: binaries
 	.stack/bin/helm lint --strict charts/avatar-operator
 
-# Needs a Docker engine (none on the development machines here).
+# Both Dockerfile targets with podman or buildah (no Docker engine needed), as
+# localhost/avatar-operator:dev and localhost/avatar-operator-runner:dev; saved to
+# .stack/images and loaded into the real node's containerd when it runs.
 images:
-	docker build --target operator -t avatar-operator:dev .
-	docker build --target runner -t avatar-operator-runner:dev .
+	bash hack/build-images.sh
+
+# The stack with a real node beside the kwok nodes (kubelet, containerd, runc,
+# a CNI bridge; off by default; README "A real node"). `make stack-down` stops it too.
+stack-up-real-node:
+	AVATAR_REAL_NODE=1 $(PYTHON) hack/stack.py up --real-node
+
+# The real-node tests: images, the stack with its real node, tests/node, stack-down.
+test-real-node: $(STAMP)
+	@status=0; \
+	$(MAKE) --no-print-directory images || status=$$?; \
+	if [ $$status -eq 0 ]; then $(MAKE) --no-print-directory stack-up-real-node || status=$$?; fi; \
+	if [ $$status -eq 0 ]; then \
+	  AVATAR_REQUIRE_REAL_NODE=1 $(PY) -m pytest tests/node -q -p no:cacheprovider $(PYTEST_ARGS) || status=$$?; \
+	fi; \
+	if [ "$${KEEP_STACK:-0}" != 1 ]; then $(MAKE) --no-print-directory stack-down; fi; \
+	exit $$status
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
