@@ -2,7 +2,7 @@
 
     python -m bench                   # everything (make bench), ~12 min on 2 cores
     python -m bench --quick           # N=100 once, 20 s of speech, k = 1, 2
-    python -m bench --only control    # or runner
+    python -m bench --only control    # or runner, or pool (warm pool against cold runners)
     python -m bench --profile DIR     # the operator under a profiler (BENCH_PROFILER=sample|cprofile)
 
 Needs `make stack-up` (reads .stack/env). Leaves nothing behind: its
@@ -154,6 +154,10 @@ def table(res: dict[str, Any]) -> str:
             f"k at once holding 25 fps here: {rn.get('k_max_25fps')}  "
             + "  ".join(f"[k={r['k']}: {fmt(r.get('fps_min'), 1)} fps min, {fmt(100 * (r.get('drop_ratio_max') or 0), 1)} % drop]" for r in rn.get("k_scan") or [])
         )
+    if res.get("pool"):
+        from bench.pool import table as pool_table
+
+        lines += pool_table(res["pool"])
     tg = res.get("targets") or {}
     if tg:
         lines.append("targets:")
@@ -165,13 +169,30 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merged(res: dict[str, Any], out_path: pathlib.Path, only: str | None) -> dict[str, Any]:
+    """What to write: with --only, the file's other parts are kept. A pool-only run keeps
+    the file's date, machine and duration too (they describe the other parts); the
+    pool part carries its own."""
+    if only is None or not out_path.exists():
+        return res
+    try:
+        prev = json.loads(out_path.read_text())
+    except ValueError:
+        return res
+    if only == "pool":
+        return {**prev, "pool": res.get("pool")}
+    return {**prev, **res}
+
+
 def write(res: dict[str, Any], latencies: dict[str, dict[int, dict[str, list[float]]]], args: argparse.Namespace) -> tuple[pathlib.Path, pathlib.Path]:
-    res["targets"] = targets(res)
     out_path = pathlib.Path(args.out)
+    res = merged(res, out_path, args.only)
+    res["targets"] = targets(res)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(clean(res), indent=2) + "\n")
     png = out_path.with_suffix(".png")
-    plot.draw(res, latencies, png)
+    if args.only != "pool":  # the plot has no pool panel: a pool-only run leaves it as it is
+        plot.draw(res, latencies, png)
     return out_path, png
 
 
@@ -223,16 +244,23 @@ async def main(args: argparse.Namespace) -> int:
         ks = [int(k) for k in args.ks.split(",")]
         res["runner"] = await MediaBench(env, artifacts, args.speech, ks, args.scan_speech).run()
         res["machine"]["loadavg_after_runner"] = [round(x, 2) for x in os.getloadavg()]
+        write(res, latencies, args)  # kept even if the pool part fails
+    if args.only in (None, "pool"):
+        from bench.pool import PoolBench, PoolConfig
+
+        pcfg = PoolConfig(n=args.pool_n, runners=args.pool_runners, repeats=args.pool_repeats, decoders=args.pool_decoders, budget_s=args.pool_budget)
+        res["pool"] = await PoolBench(stack, artifacts, pcfg).run()
+        res["pool"]["machine"] = {k: v for k, v in machine().items() if k != "loadavg_start"}
     res["duration_s"] = round(time.monotonic() - started, 1)
     out_path, png = write(res, latencies, args)
-    print(table(res))
+    print(table(res if args.only != "pool" else {"pool": res["pool"]}))
     print(f"\nwrote {out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path} and {png.name} in {res['duration_s']:.0f} s")
     return 0
 
 
 def cli() -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("control", "runner"))
+    p.add_argument("--only", choices=("control", "runner", "pool"), help="run one part; the file's other parts are kept")
     p.add_argument("--quick", action="store_true", help="N=100 once per mode, 20 s of speech, k = 1, 2")
     p.add_argument("--sizes", default="cloud=100,500,1000 local=100,500", help="bursts per mode (default: %(default)s)")
     p.add_argument("--repeats", default="100=3,500=1,1000=1", help="repeats per burst size (default: %(default)s)")
@@ -240,12 +268,18 @@ def cli() -> int:
     p.add_argument("--speech", type=float, default=60.0, help="seconds of speech for the k=1 runner run (default: %(default)s)")
     p.add_argument("--scan-speech", type=float, default=20.0, help="seconds of speech for k > 1 (default: %(default)s)")
     p.add_argument("--ks", default="1,2,4", help="concurrent runner sessions to try (default: %(default)s)")
+    p.add_argument("--pool-n", type=int, default=8, help="sessions per warm and per cold burst (default: %(default)s)")
+    p.add_argument("--pool-runners", type=int, default=1, help="the pool's runners; slots = ceil(N / runners) each (default: %(default)s)")
+    p.add_argument("--pool-repeats", type=int, default=3, help="warm and cold bursts each, within --pool-budget (default: %(default)s)")
+    p.add_argument("--pool-decoders", type=int, default=2, help="rooms whose viewer decodes the video, for fps (default: %(default)s)")
+    p.add_argument("--pool-budget", type=float, default=360.0, help="seconds: no new pool repeat past this (default: %(default)s)")
     p.add_argument("--profile", metavar="DIR", help="run the operator under bench.opprofile, results in DIR")
     p.add_argument("--variant", metavar="NAMES", help="also run the operator with bench.opvariant patches (e.g. lazy-jsonpatch)")
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = p.parse_args()
     if args.quick:
         args.sizes, args.repeats, args.speech, args.scan_speech, args.ks = "cloud=100 local=100", "100=1", 20.0, 20.0, "1,2"
+        args.pool_repeats = 1
     log(f"machine: {machine()}")
     return int(run_main(main(args)))
 
