@@ -49,7 +49,7 @@ SERVICE_IP = "10.0.0.1"
 
 
 def _sh(*argv: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    p = subprocess.run(list(argv), capture_output=True, input=input)
+    p = subprocess.run(list(argv), capture_output=True, input=input, check=False)
     if check and p.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}: {p.stderr.decode(errors='replace').strip()}")
     return p
