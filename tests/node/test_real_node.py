@@ -311,12 +311,6 @@ async def test_the_chart_runs_the_operator_image_on_the_real_node(stack: Stack, 
     except subprocess.CalledProcessError as e:
         described = stack.kubectl("describe", "pods", "-n", ns, check=False).stdout
         previous = stack.kubectl("logs", "-n", ns, "-l", "app.kubernetes.io/name=avatar-operator", "--previous", "--tail=40", check=False)
-        if "No module named 'pydantic_settings'" in previous.stdout:
-            # Found by this test: operator/avatar_operator/settings.py imports
-            # pydantic_settings, but pyproject.toml's [project] dependencies do not
-            # list pydantic-settings (the dev venv has it through livekit-agents), so
-            # the operator image exits at start. Fix: add "pydantic-settings>=2" there.
-            pytest.xfail("the operator image lacks pydantic-settings (missing from pyproject.toml's dependencies)")
         raise AssertionError(f"helm install failed: {e.stderr}\n{described[-3000:]}\nlast run's log:\n{previous.stdout}{previous.stderr}") from e
     finally:
         await asyncio.to_thread(subprocess.run, [str(helm), "uninstall", release, "-n", ns, "--kubeconfig", stack.kubeconfig, "--wait", "--timeout", "90s"],

@@ -474,3 +474,23 @@ def test_service_monitor_is_rendered_only_when_enabled() -> None:
     (service,) = [d for d in _rendered() if d["kind"] == "Service"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_every_library_the_operator_imports_is_one_of_its_dependencies() -> None:
+    """The image installs [project] dependencies only: a library the dev venv has through
+    another's dependencies (pydantic-settings came with livekit-agents) would crash it at start."""
+    import ast
+    import importlib.metadata
+
+    imported: set[str] = set()
+    for path in (ROOT / "operator" / "avatar_operator").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"avatar_operator", "avatar_runner", "__future__"}
+    provided = importlib.metadata.packages_distributions()
+    declared = _requirement_names(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    missing = {m: provided.get(m) for m in third_party if not {d.lower().replace("_", "-") for d in provided.get(m, [])} & declared}
+    assert not missing, f"imported by the operator but not in [project] dependencies: {missing}"
