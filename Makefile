@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# `make test` also builds the images and runs them on a real node where that can
+# run (root and the node's Debian packages: hack/real-node-available.sh); REAL_NODE=0 skips it.
+REAL_NODE ?= auto
 
 .PHONY: help venv binaries stack-up stack-up-real-node test-real-node stack-down stack-status crd chart-lint images unit integration reliability bench test typecheck demo clean
 
@@ -107,9 +110,12 @@ test: $(STAMP)
 	@status=0; \
 	$(MAKE) --no-print-directory stack-up || status=$$?; \
 	if [ $$status -eq 0 ]; then \
-	  AVATAR_REQUIRE_STACK=1 $(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/reliability $(PYTEST_ARGS) || status=$$?; \
+	  AVATAR_REQUIRE_STACK=1 $(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/reliability --ignore=tests/node $(PYTEST_ARGS) || status=$$?; \
 	fi; \
 	if [ "$${KEEP_STACK:-0}" != 1 ]; then $(MAKE) --no-print-directory stack-down; fi; \
+	if [ $$status -eq 0 ] && [ "$(REAL_NODE)" != 0 ] && bash hack/real-node-available.sh; then \
+	  $(MAKE) --no-print-directory test-real-node || status=$$?; \
+	fi; \
 	exit $$status
 
 # Pending -> Ready on the local stack, recorded to demo-output/. Leaves the
