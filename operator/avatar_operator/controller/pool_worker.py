@@ -25,6 +25,7 @@ from avatar_operator.api import pool as pool_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.build import pod as pod_mod
 from avatar_operator.build import pool_pod
+from avatar_operator.clients import kube as kube_mod
 from avatar_operator.clients import pool_runner
 from avatar_operator.controller import placement, pool_status, ports, pools
 from avatar_operator.launchers import base as launcher_base
@@ -79,13 +80,18 @@ class PoolWorker:
     async def token(self) -> str:
         """The pool's Bearer token, from its Secret (made the first time)."""
         kube, ns, name = self.clients.kube, self.ref.namespace, names.pool_token_secret_name(self.ref.name)
-        for _ in range(2):
-            found = await kube.read_secret(ns, name)
-            if found and found.get(contract.POOL_TOKEN_KEY):
-                return found[contract.POOL_TOKEN_KEY]
-            await kube.create(pool_pod.token_secret(self.ref, pool_pod.new_token()))
-            await asyncio.sleep(2.5)  # past the Secret read cache: read what the apiserver kept
-        raise RuntimeError(f"cannot read the pool's token Secret {name}")
+        found = await kube.read_secret(ns, name)
+        if found and found.get(contract.POOL_TOKEN_KEY):
+            return found[contract.POOL_TOKEN_KEY]
+        token = pool_pod.new_token()
+        if await kube.create(pool_pod.token_secret(self.ref, token)):
+            return token
+        # Made meanwhile by someone else (an earlier worker of this pool): theirs, once past the read cache.
+        await asyncio.sleep(kube_mod.SECRET_READ_TTL_S + 0.5)
+        found = await kube.read_secret(ns, name)
+        if found and found.get(contract.POOL_TOKEN_KEY):
+            return found[contract.POOL_TOKEN_KEY]
+        raise RuntimeError(f"the pool's token Secret {name} has no {contract.POOL_TOKEN_KEY} key")
 
     async def look(self, state: pools.PoolState) -> list[tuple[str, str]]:
         """The runners' views into the state; returns the lost ones (name, why)."""
@@ -159,14 +165,13 @@ class PoolWorker:
                 await self.start_runner(state)
         booked = state.booked()
         state.draining.update(placement.to_drain(list(state.runners.values()), booked, replicas))
-        marked = [dataclasses.replace(v, draining=v.name in state.draining) for v in state.runners.values()]
-        for name in placement.to_remove(marked, booked):
+        state.runners = {n: dataclasses.replace(v, draining=n in state.draining) for n, v in state.runners.items()}
+        for name in placement.to_remove(list(state.runners.values()), booked):
             await self.launcher.stop_runner(self.ref, name)
-            state.runners.pop(name, None)
+            del state.runners[name]
             state.draining.discard(name)
             self.seen.pop(name, None)
             self.logger.info("runner %s scaled away", name)
-        state.runners = {v.name: dataclasses.replace(v, draining=v.name in state.draining) for v in state.runners.values()}
 
     async def start_runner(self, state: pools.PoolState) -> None:
         spec, runner = state.spec, self.settings.runner

@@ -107,7 +107,7 @@ class ProcessPoolLauncher:
         for r in self._runners(pool).values():
             own = self._processes.status(f"{pool.namespace}/{r.name}")  # polls (reaps) our own child
             alive = own.running if own is not None else _alive(r.pid)
-            why = None if alive else f"process exited ({own.exit_code}): {own.reason}" if own else "process exited"
+            why = None if alive else f"process exited ({own.exit_code}): {own.reason or 'no reason given'}" if own else "process exited"
             handles.append(base.RunnerHandle(r.name, f"http://127.0.0.1:{r.port}", alive, why))
         return handles
 
