@@ -190,6 +190,13 @@ class PoolRig:
         pool: dict[str, Any] = wait_until("the pool Ready", lambda: (p := self.pool()) and condition(p, "Ready").get("status") == "True" and p, timeout, 0.5)
         return pool
 
+    def ready_pool(self, names: list[str], replicas: int, slots: int) -> dict[str, Any]:
+        """Each room with its agent and viewer, the operator, and the pool Ready."""
+        self.rooms.join([self.room(n) for n in names])
+        self.start_operator()
+        self.create_pool(replicas, slots)
+        return self.wait_pool_ready()
+
     def scale(self, replicas: int) -> None:
         self.stack.kubectl("scale", "avp", POOL, "-n", self.ns, f"--replicas={replicas}")
         self.sc.op("scale_pool")
@@ -375,10 +382,7 @@ def test_operator_sigkill_in_a_burst_of_claims(rig_factory: Any, scenario: Scena
     with timed(sc):
         rig: PoolRig = rig_factory(sc, "poolkill")
         names = [f"s{i}" for i in range(runners * slots)]
-        rig.rooms.join([rig.room(n) for n in names])
-        rig.start_operator()
-        rig.create_pool(runners, slots)
-        rig.wait_pool_ready()
+        rig.ready_pool(names, runners, slots)
         before = {n: int(r["pid"]) for n, r in rig.records().items()}
         sc.check("pool_starts_its_runners", len(before) == runners, str(before))
 
@@ -462,10 +466,7 @@ def test_runner_sigkill_moves_its_sessions(rig_factory: Any, scenario: Scenario)
     with timed(sc):
         rig: PoolRig = rig_factory(sc, "poolrunner")
         names = [f"s{i}" for i in range(runners * slots)]
-        rig.rooms.join([rig.room(n) for n in names])
-        rig.start_operator()
-        rig.create_pool(runners, slots)
-        rig.wait_pool_ready()
+        rig.ready_pool(names, runners, slots)
         for n in names:
             rig.create_session(n)
         objs = rig.wait_all_ready(names, 120)
@@ -542,10 +543,7 @@ def test_scale_down_under_load_cuts_no_session(rig_factory: Any, scenario: Scena
     with timed(sc):
         rig: PoolRig = rig_factory(sc, "poolscale")
         names = [f"s{i}" for i in range(live)]
-        rig.rooms.join([rig.room(n) for n in names])
-        rig.start_operator()
-        rig.create_pool(runners, slots)
-        rig.wait_pool_ready()
+        rig.ready_pool(names, runners, slots)
         for n in names:
             rig.create_session(n)
         objs = rig.wait_all_ready(names, 120)
