@@ -6,9 +6,11 @@ import base64
 import json
 import os
 import pathlib
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import kubernetes
 import pytest
 
 from tests.conftest import ROOT, RUN_PREFIX, Stack
@@ -131,3 +133,30 @@ def model_claim(stack: Stack, credentials: str) -> Iterator[str]:
 
 def get_json(stack: Stack, *args: str) -> Any:
     return json.loads(stack.kubectl("get", *args, "-o", "json").stdout)
+
+
+# --- the CRDs in the apiserver, for the modules that test them without an operator ---
+
+
+@pytest.fixture(scope="module")
+def crd_stack(stack: Stack) -> Stack:
+    """Both CRDs applied (sessions name pools) and Established."""
+    apply_crds(stack)
+    return stack
+
+
+@pytest.fixture(scope="module")
+def ns(crd_stack: Stack) -> Iterator[str]:
+    """One namespace per module (a hypothesis test can't take a per-test fixture); not this
+    run's prefix, so no operator a test starts acts on its objects."""
+    name = f"t-crd-{uuid.uuid4().hex[:8]}"
+    crd_stack.kubectl("create", "namespace", name)
+    crd_stack.kubectl("label", "namespace", name, "avatar-operator.dev/test=true")
+    yield name
+    crd_stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def objects(crd_stack: Stack) -> kubernetes.client.CustomObjectsApi:
+    client = kubernetes.config.new_client_from_config(config_file=crd_stack.kubeconfig)  # type: ignore[no-untyped-call]
+    return kubernetes.client.CustomObjectsApi(client)

@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import pathlib
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any, cast
 
 import kubernetes
 import pytest
 import yaml
-from avatar_operator.api import crd, names, spec, validation
+from avatar_operator.api import names, spec, validation
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -31,29 +29,6 @@ SESSION_EXAMPLES = [
     for doc in yaml.safe_load_all(path.read_text())
     if doc and doc.get("kind") == "AvatarSession"
 ]
-
-
-@pytest.fixture(scope="module")
-def crd_stack(stack: Stack) -> Stack:
-    stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd.CRD_PATH))
-    stack.wait_established(f"crd/{crd.CRD_NAME}")
-    return stack
-
-
-@pytest.fixture(scope="module")
-def ns(crd_stack: Stack) -> Iterator[str]:
-    """One namespace for the module: the hypothesis test can't take a per-test fixture."""
-    name = f"t-crd-{uuid.uuid4().hex[:8]}"
-    crd_stack.kubectl("create", "namespace", name)
-    crd_stack.kubectl("label", "namespace", name, "avatar-operator.dev/test=true")
-    yield name
-    crd_stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@pytest.fixture(scope="module")
-def objects(crd_stack: Stack) -> kubernetes.client.CustomObjectsApi:
-    client = kubernetes.config.new_client_from_config(config_file=crd_stack.kubeconfig)  # type: ignore[no-untyped-call]
-    return kubernetes.client.CustomObjectsApi(client)
 
 
 def as_kubectl_sends(value: Any) -> Any:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any, cast
 
 import kubernetes
@@ -21,7 +19,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Stack
-from tests.integration.conftest import apply_crds
 from tests.integration.test_crd_apiserver import FIELDS as SESSION_FIELDS
 from tests.integration.test_crd_apiserver import as_kubectl_sends, numbers_as_floats
 from tests.unit.test_pool_api import (
@@ -42,30 +39,6 @@ from tests.unit.test_rules import RULE_CASES, RULES_BY_ID, session
 pytestmark = pytest.mark.stack
 
 Cause = dict[str, str]
-
-
-@pytest.fixture(scope="module")
-def crd_stack(stack: Stack) -> Stack:
-    """Both CRDs applied (sessions name pools) and Established."""
-    apply_crds(stack)
-    return stack
-
-
-@pytest.fixture(scope="module")
-def ns(crd_stack: Stack) -> Iterator[str]:
-    """One namespace for the module (the hypothesis test can't take a per-test fixture);
-    not this run's prefix, so no operator started by a test acts on its objects."""
-    name = f"t-pool-{uuid.uuid4().hex[:8]}"
-    crd_stack.kubectl("create", "namespace", name)
-    crd_stack.kubectl("label", "namespace", name, "avatar-operator.dev/test=true")
-    yield name
-    crd_stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@pytest.fixture(scope="module")
-def objects(crd_stack: Stack) -> kubernetes.client.CustomObjectsApi:
-    client = kubernetes.config.new_client_from_config(config_file=crd_stack.kubeconfig)  # type: ignore[no-untyped-call]
-    return kubernetes.client.CustomObjectsApi(client)
 
 
 def placed(obj: dict[str, Any], ns: str, name: str | None = None) -> dict[str, Any]:
