@@ -193,7 +193,9 @@ async def test_a_local_sessions_runner_pod_runs_on_the_real_node(
         assert pod["spec"]["nodeName"] == node["name"]
         assert pod["spec"]["containers"][0]["image"] == RUNNER_IMAGE
         assert pod["status"]["podIP"].startswith(node["ip"].rsplit(".", 1)[0] + ".")
-        assert condition(pod, "Ready").get("status") == "True"
+        # The session is Ready on the media plane; the pod once the kubelet's next readiness probe
+        # (every 2 s, /readyz: the first frame published) has run.
+        pod = await until("the runner pod Ready", lambda: condition(p := kget(stack, ns, "pod", st["runnerPod"]), "Ready").get("status") == "True" and p, 15)
         cstatus = pod["status"]["containerStatuses"][0]
         assert "running" in cstatus["state"] and cstatus["restartCount"] == 0
         cid = cstatus["containerID"].removeprefix("containerd://")
