@@ -9,6 +9,7 @@ answers a repeated launch with the same task. `Ready` stays media-plane
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from avatar_operator.api import names
@@ -49,7 +50,7 @@ async def start(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
         except _Again:
             pass
     elif placed is not None:
-        await _moved(ctx, f"runner {placed.pod} is gone")
+        await _moved(ctx, spec, lk, f"runner {placed.pod} is gone")
     await place(ctx, spec, lk)
 
 
@@ -176,7 +177,7 @@ async def follow(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, 
         return
     view = state.runners.get(placed.pod)
     if state.looked and view is None:
-        await _moved(ctx, f"runner {placed.pod} was lost")
+        await _moved(ctx, spec, lk, f"runner {placed.pod} was lost")
         await place(ctx, spec, lk)
         return
     if view is None or view.url is None or not ctx.clients.pools.task_gone(state, ctx.ref.uid):
@@ -186,7 +187,7 @@ async def follow(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, 
     except pool_runner.Unreachable:
         return  # the pool's worker decides whether the runner is lost
     if task is None:
-        await _moved(ctx, f"runner {placed.pod} no longer knows task {placed.task_id}")
+        await _moved(ctx, spec, lk, f"runner {placed.pod} no longer knows task {placed.task_id}")
         await place(ctx, spec, lk)
         return
     ended = ENDED.get(str(task.get("status")))
@@ -198,11 +199,13 @@ async def follow(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, 
         await ctx.fail(Reason.RUNNER_FAILED, why, Cond.READY)
 
 
-async def _moved(ctx: context.SessionContext, why: str) -> None:
-    """Its runner is lost: counted, said, and the slot let go; the caller places it again."""
+async def _moved(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, lk: credentials.LiveKitCredentials, why: str) -> None:
+    """Its runner is lost: counted, said, the slot let go and the lost task's avatar taken out of the room;
+    the caller places it again."""
     placed = ctx.status.runner
     if placed is not None:
         ctx.clients.pools.release(ctx.ref.namespace, placed.pool, ctx.ref.uid)
+    await _remove_lost_avatar(ctx, spec, lk)
     restarts = (ctx.status.restarts or 0) + 1
     message = f"{why}; placing the session again (restart {restarts})"
     await ctx.record(
@@ -211,6 +214,18 @@ async def _moved(ctx: context.SessionContext, why: str) -> None:
         event=(Reason.RUNNER_LOST, message),
         warning=True,
     )
+
+
+async def _remove_lost_avatar(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, lk: credentials.LiveKitCredentials) -> None:
+    """LiveKit keeps a killed runner's participant for its reconnect window (publishing its last track):
+    the moved session must not count that ghost as its new avatar publishing. Best effort: the new task
+    joining under the same identity replaces it too."""
+    identity = context.identity(spec)[0]
+    room = ctx.clients.rooms.get(lk.url, lk.api_key, lk.api_secret)
+    try:
+        await asyncio.wait_for(room.remove(spec.room, identity, ctx.ref.uid), ctx.settings.timing.cleanup_timeout_s)
+    except Exception as e:  # noqa: BLE001 - LiveKit down must not keep the session from its new slot
+        ctx.logger.warning("could not remove the lost task's avatar %r from room %r: %s", identity, spec.room, e or type(e).__name__)
 
 
 async def stop(clients: ports.Clients, ref: names.SessionRef, placed: status_mod.RunnerPlacement | None) -> None:
