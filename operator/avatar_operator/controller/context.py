@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import kopf
 
+from avatar_operator import metrics
 from avatar_operator import settings as settings_mod
 from avatar_operator.api import conditions, names
 from avatar_operator.api import spec as spec_mod
@@ -98,9 +99,12 @@ class SessionContext:
         update: dict[str, Any] = {"conditions": conds, "observed_generation": self.generation, "operator": self.clients.instance, **fields}
         if phase is not None and PHASE_ORDER[phase] >= PHASE_ORDER[self.status.phase or Phase.PENDING]:
             update["phase"] = phase  # never backwards: Running does not turn Starting again
+        before = self.status.phase
         self.status = self.status.model_copy(update=update)
         if flush:
             await self.flush()
+        # Here, as the one place a phase changes; observed even when the write rides on the next flush.
+        metrics.phase_changed(before, self.status, self.body, self.clients.clock.now())
         if event is not None:
             self.clients.events(self.body, reason=event[0].value, message=event[1], warning=warning)
 

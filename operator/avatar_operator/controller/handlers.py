@@ -146,6 +146,15 @@ def runner_pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
             boxes.post_pod(owner["uid"], None if event["type"] == "DELETED" else pod)
 
 
+@kopf.on.event(*RESOURCE)
+def session_phase_event(event: kopf.RawEvent, **_: Any) -> None:
+    """Every session's phase, for the sessions-by-phase gauge (the first listing after a start included)."""
+    obj: dict[str, Any] = dict(event["object"])
+    uid = str(obj.get("metadata", {}).get("uid") or "")
+    if uid:
+        metrics.PHASES.observe(uid, (obj.get("status") or {}).get("phase"), deleted=event["type"] == "DELETED")
+
+
 @kopf.on.delete(*RESOURCE)
 async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Stops the runner or removes the cloud avatar, deletes what the session owns, then lets go.
@@ -166,13 +175,20 @@ async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: A
     placed = _placement(body)
     warning = await teardown.stop_session(clients, ref, spec, room, identity, settings.timing.cleanup_timeout_s, placed=placed)
     if warning and (spec.mode == spec_mod.Mode.CLOUD or settings.runner.launcher == settings_mod.Launcher.PROCESS):
-        kopf.warn(body, reason="CleanupIncomplete", message=warning)
+        kopf.warn(body, reason=metrics.CLEANUP_INCOMPLETE, message=warning)
+        metrics.cleanup_warning(metrics.CLEANUP_INCOMPLETE)
     if room is not None and spec.mode == spec_mod.Mode.CLOUD:
         teardown.watch_if_an_avatar_may_come(
             clients, ref, room, spec, identity, body.get("status"), for_s=settings.timing.late_avatar_guard_s,
-            warn=lambda message: kopf.warn(body, reason=status_mod.Reason.LATE_AVATAR_REMOVED.value, message=message),
+            warn=lambda message: _late_avatar_warning(body, message),
         )
     clients.mailboxes.forget(ref.uid)
+
+
+def _late_avatar_warning(body: kopf.Body, message: str) -> None:
+    reason = status_mod.Reason.LATE_AVATAR_REMOVED.value
+    kopf.warn(body, reason=reason, message=message)
+    metrics.cleanup_warning(reason)
 
 
 def _placement(body: kopf.Body) -> status_mod.RunnerPlacement | None:

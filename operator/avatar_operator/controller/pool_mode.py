@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+from avatar_operator import metrics
 from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
@@ -207,6 +208,7 @@ async def _moved(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, 
         ctx.clients.pools.release(ctx.ref.namespace, placed.pool, ctx.ref.uid)
     await _remove_lost_avatar(ctx, spec, lk)
     restarts = (ctx.status.restarts or 0) + 1
+    metrics.retried("placement")
     message = f"{why}; placing the session again (restart {restarts})"
     await ctx.record(
         restarts=restarts,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 
+from avatar_operator import metrics
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.api import validation
@@ -61,6 +62,7 @@ async def run(ctx: context.SessionContext) -> None:
     except Exception as e:
         # kopf retries the daemon after an error; what was decided before it
         # is still true, so it is written rather than lost, with the count.
+        metrics.retried("worker_error")
         with contextlib.suppress(Exception):
             await ctx.record(
                 worker_errors=(ctx.status.worker_errors or 0) + 1,
@@ -145,6 +147,8 @@ async def await_credentials(
             lk = credentials.livekit(spec, ctx.settings, found.get)
             bh = credentials.bithuman(spec, ctx.settings, found.get)
         except credentials.MissingCredentials as e:
+            if last is None:
+                metrics.credential_wait(e.reason)
             if (e.reason, e.message) != last:
                 last = (e.reason, e.message)
                 await ctx.record(
