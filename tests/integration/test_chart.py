@@ -352,6 +352,27 @@ def test_the_network_policy_in_cluster_mode_needs_its_namespaces(tools: Tools) -
     assert proc.returncode != 0 and "needs pool.networkPolicy.namespaces" in proc.stderr, proc.stderr
 
 
+# --- the Grafana dashboard ConfigMap --------------------------------------------
+
+
+def test_the_dashboard_configmap_is_opt_in_and_carries_the_sidecar_label(tools: Tools, schema_dir: pathlib.Path) -> None:
+    assert _of_kind(_render(tools).stdout, "ConfigMap") == []
+    shipped = (CHART / "dashboards" / "avatar-operator.json").read_text()
+    for values, namespace in ((("grafanaDashboard.enabled=true",), RELEASE_NAMESPACE),
+                              (("grafanaDashboard.enabled=true", "grafanaDashboard.namespace=monitoring"), "monitoring")):
+        rendered = _render(tools, *values).stdout
+        (cm,) = _of_kind(rendered, "ConfigMap")
+        assert cm["metadata"]["namespace"] == namespace
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        # The file as shipped, not templated: its {{legend}} placeholders are Grafana's.
+        assert cm["data"]["avatar-operator.json"] == shipped.rstrip("\n")
+        assert json.loads(cm["data"]["avatar-operator.json"])["uid"] == "avatar-operator"
+        proc = _kubeconform(tools, schema_dir, yaml.safe_dump(cm))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The API server takes it as it is (names, labels, size).
+    tools.stack.kubectl("apply", "--dry-run=server", "-n", RELEASE_NAMESPACE, "-f", "-", input=yaml.safe_dump({**cm, "metadata": {**cm["metadata"], "namespace": RELEASE_NAMESPACE}}))
+
+
 def test_the_rbac_template_names_each_pool_verb(tools: Tools) -> None:
     """Rendered, not granted: the rules as the chart writes them, in both modes."""
     wanted = {
