@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # run (root and the node's Debian packages: hack/real-node-available.sh); REAL_NODE=0 skips it.
 REAL_NODE ?= auto
 
-.PHONY: help venv binaries stack-up stack-up-real-node test-real-node stack-down stack-status crd chart-lint images unit integration reliability bench test typecheck demo clean
+.PHONY: help venv binaries stack-up stack-up-real-node test-real-node stack-down stack-status crd chart-lint images unit integration reliability bench test typecheck demo viewer clean
 
 help:
 	@echo "make venv          virtualenv in .venv with the project and its test tools"
@@ -24,7 +24,18 @@ help:
 	@echo "make bench         control-plane and runner benchmarks; writes bench/results/latest.json"
 	@echo "make reliability   faults, restarts, bad input, secret scans; writes bench/results/reliability.json"
 	@echo "make typecheck     mypy --strict"
-	@echo "make demo          stack-up + operator + demo session and agent; saves demo-output/"
+	@echo "make demo          stack-up + operator + demo session and agent; saves demo-output/, prints the viewer's URL"
+	@echo "make viewer        bundle the page of \`avatar-operator view\` (npm ci + esbuild, from viewer/web)"
+
+# The page of `avatar-operator view`: livekit-client pinned by viewer/web's
+# package-lock.json, bundled by esbuild into the package's static/ (git-ignored).
+VIEWER_WEB := viewer/web
+VIEWER_BUNDLE := operator/avatar_operator/viewer/static/viewer.js
+
+$(VIEWER_BUNDLE): $(VIEWER_WEB)/package.json $(VIEWER_WEB)/package-lock.json $(VIEWER_WEB)/src/viewer.js
+	cd $(VIEWER_WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+viewer: $(VIEWER_BUNDLE)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,7 +89,7 @@ test-real-node: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-integration: $(STAMP)
+integration: $(STAMP) viewer
 	AVATAR_REQUIRE_STACK=1 $(PY) -m pytest tests/integration tests/e2e -q $(PYTEST_ARGS)
 
 # Control-plane and runner benchmarks (~15 min): bench/results/latest.json and .png.
@@ -106,7 +117,7 @@ typecheck: $(STAMP)
 
 # The whole suite on the real stack. The stack is torn down afterwards even
 # when a test fails (KEEP_STACK=1 keeps it for debugging).
-test: $(STAMP)
+test: $(STAMP) viewer
 	@status=0; \
 	$(MAKE) --no-print-directory stack-up || status=$$?; \
 	if [ $$status -eq 0 ]; then \
@@ -120,7 +131,7 @@ test: $(STAMP)
 
 # Pending -> Ready on the local stack, recorded to demo-output/. Leaves the
 # stack, operator, runner and agent running; `make stack-down` stops them.
-demo: $(STAMP)
+demo: $(STAMP) viewer
 	$(MAKE) --no-print-directory stack-up
 	$(PY) hack/demo.py
 

@@ -147,6 +147,11 @@ def _parser() -> argparse.ArgumentParser:
         "Other objects are skipped. Exit status 0 when all are valid, else 1, with one line per problem.",
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="a YAML file, or - for stdin")
+
+    # argparse only: the viewer's server loads in main, when `view` is the command.
+    from avatar_operator.viewer import arguments as viewer_arguments
+
+    viewer_arguments.add_arguments(commands.add_parser("view", help="watch a session's avatar in a browser"))
     return parser
 
 
@@ -157,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "validate":
         return validate_files(args.files, sys.stdout, sys.stderr)
+    if args.command == "view":
+        from avatar_operator.viewer import command as viewer_command
+
+        return viewer_command.main(args)
     # Imported here: kopf and the handlers load only for the operator itself.
     from avatar_operator import run as run_mod
 

@@ -16,7 +16,8 @@ LAYERS = ("api", "build", "clients", "launchers", "controller")
 BESIDE = {
     "settings": {"api"},
     "metrics": {"api"},
-    "cli": {"api", "run"},  # `run` only when the command is run: kopf loads for the operator alone
+    "cli": {"api", "run", "viewer"},  # `run` and `viewer` only when their command is run: kopf loads for the operator alone
+    "viewer": {"api", "build", "clients", "controller", "settings"},  # `avatar-operator view`; `run` never imports it
     "run": {"api", "build", "clients", "launchers", "controller", "settings", "metrics"},
     "__main__": {"cli"},
 }
