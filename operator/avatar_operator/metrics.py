@@ -59,6 +59,8 @@ RETRIES = prom.Counter(
     "Work done again: a session's worker that raised (kopf runs it again), a pool session placed again after its runner was lost",
     ["kind"],
 )
+for _phase in (Phase.SUCCEEDED, Phase.FAILED):
+    ENDED.labels(phase=_phase.value)
 for _reason in CREDENTIAL_REASONS:
     CREDENTIAL_WAITS.labels(reason=_reason.value)
 for _name in CLEANUP_REASONS:
@@ -185,3 +187,18 @@ prom.REGISTRY.register(_PhaseCollector(PHASES))
 def serve(port: int) -> None:
     if port:
         prom.start_http_server(port)
+
+
+# Cloud sessions: how each start round ended, and whether ending a session at bitHuman worked.
+CLOUD_REQUEST_OUTCOMES = ("accepted", "retried", "refused", "exhausted", "concurrency_limited")
+CLOUD_REQUESTS = prom.Counter(
+    "avatar_operator_cloud_requests_total",
+    "Cloud session starts by outcome: accepted, retried (an attempt failed and another follows), refused (a 4xx), "
+    "exhausted (no attempt got through), concurrency_limited (bitHuman's 403 or the operator's own budget: the session waits)",
+    ["outcome"],
+)
+CLOUD_SESSION_ENDS = prom.Counter(
+    "avatar_operator_cloud_session_ends_total",
+    "Ends of started cloud sessions sent to bitHuman (runtime-sessions end, or a custom endpoint's task stop), by outcome: ended, failed",
+    ["outcome"],
+)

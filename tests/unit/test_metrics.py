@@ -108,5 +108,7 @@ def test_every_known_label_value_has_a_series_from_the_first_scrape() -> None:
         assert f'avatar_operator_credential_waits_total{{reason="{reason.value}"}}' in scrape
     for name in metrics.CLEANUP_REASONS:
         assert f'avatar_operator_cleanup_warnings_total{{reason="{name}"}}' in scrape
+    for phase in ("Succeeded", "Failed"):
+        assert f'avatar_operator_sessions_ended_total{{phase="{phase}"}}' in scrape
     for kind in metrics.RETRY_KINDS:
         assert f'avatar_operator_retries_total{{kind="{kind}"}}' in scrape
