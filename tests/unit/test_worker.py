@@ -57,6 +57,13 @@ def cond(w: Write, ctype: str) -> dict[str, Any]:
     return c
 
 
+def succeeded(w: Write) -> dict[str, Any]:
+    """How a Succeeded session ended: on Reconciling=False, with Ready gone (kstatus reads it Current)."""
+    assert w.phase == "Succeeded" and w.cond("Ready") is None, w.status
+    assert cond(w, "Reconciling")["status"] == "False" and cond(w, "Stalled")["status"] == "False", w.status
+    return cond(w, "Reconciling")
+
+
 def ended(h: Harness) -> Write:
     end = h.kube.terminal()
     assert end is not None, f"the session never ended; phases {h.kube.phases()}"
@@ -138,7 +145,7 @@ async def test_avatar_leaving_ends_the_session_only_after_the_grace() -> None:
     await h.run(until=200)
 
     end = ended(h)
-    assert end.phase == "Succeeded" and cond(end, "Ready")["reason"] == "AvatarLeft"
+    assert end.phase == "Succeeded" and succeeded(end)["reason"] == "AvatarLeft"
     # Not before the grace has run from the departure; within two polls after it.
     assert 12 + GRACE <= end.t <= 12 + GRACE + decisions.SLOW_POLL_S + decisions.MISSING_POLL_S
     assert [w.phase for w in h.kube.writes if w.t < end.t][-1] == "Running"
@@ -165,7 +172,7 @@ async def test_the_grace_starts_again_at_each_departure() -> None:
     await h.run(until=200)
 
     end = ended(h)
-    assert cond(end, "Ready")["reason"] == "AvatarLeft"
+    assert succeeded(end)["reason"] == "AvatarLeft"
     assert end.t >= 40 + GRACE  # the first absence does not count against the second
 
 
@@ -177,7 +184,7 @@ async def test_max_duration_ends_the_session_and_stops_the_avatar() -> None:
     await h.run(until=200)
 
     end = ended(h)
-    assert end.phase == "Succeeded" and cond(end, "Ready")["reason"] == "MaxDurationReached"
+    assert end.phase == "Succeeded" and succeeded(end)["reason"] == "MaxDurationReached"
     assert 30 <= end.t < 30 + EPS
     assert end.status["endTime"] == stamp(30)
     assert h.launcher.stopped == [ref()]
@@ -192,7 +199,7 @@ async def test_an_edit_of_max_duration_moves_the_deadline(new: float, ends_at: f
     await h.run(until=200)
 
     end = ended(h)
-    assert cond(end, "Ready")["reason"] == "MaxDurationReached"
+    assert succeeded(end)["reason"] == "MaxDurationReached"
     assert ends_at <= end.t < ends_at + EPS
     assert end.status["observedGeneration"] == 2
     assert h.launcher.stopped == [ref()]
@@ -232,7 +239,7 @@ async def test_runner_that_exits_ends_the_session_succeeded() -> None:
 
     end = ended(h)
     assert end.phase == "Succeeded" and end.t == 8
-    assert cond(end, "Ready")["reason"] == "RunnerExited" and "the agent left" in cond(end, "Ready")["message"]
+    assert succeeded(end)["reason"] == "RunnerExited" and "the agent left" in succeeded(end)["message"]
 
 
 async def test_unschedulable_runner_is_pending_with_the_schedulers_message_warned_once() -> None:
@@ -430,7 +437,7 @@ async def test_max_duration_ends_a_session_still_waiting_for_credentials() -> No
     await h.run(until=200)
 
     end = ended(h)
-    assert cond(end, "Ready")["reason"] == "MaxDurationReached"
+    assert succeeded(end)["reason"] == "MaxDurationReached"
     assert end.t <= 30 + worker.CREDENTIALS_MAX_WAIT_S
     assert h.launcher.started == []
 
@@ -645,7 +652,7 @@ async def test_restart_past_the_deadline_with_the_pod_gone_is_max_duration_not_a
     await h.run(until=30)
 
     end = ended(h)
-    assert end.phase == "Succeeded" and cond(end, "Ready")["reason"] == "MaxDurationReached"
+    assert end.phase == "Succeeded" and succeeded(end)["reason"] == "MaxDurationReached"
 
 
 async def test_a_predecessors_name_in_a_body_that_lags_is_not_another_operator() -> None:

@@ -43,6 +43,9 @@ class ConditionType(StrEnum):
     RUNNER_SCHEDULED = "RunnerScheduled"  # local mode: the runner pod is on a node
     CLOUD_REQUEST_ACCEPTED = "CloudRequestAccepted"  # cloud mode: bitHuman accepted the request
     READY = "Ready"  # the avatar is in the room publishing video
+    # kstatus's two (sigs.k8s.io/cli-utils: Flux, Helm's watcher), derived from the phase by api.conditions
+    RECONCILING = "Reconciling"  # True while the session is on its way (Pending, Starting)
+    STALLED = "Stalled"  # True when it has failed for good (Failed)
 
 
 class ConditionStatus(StrEnum):

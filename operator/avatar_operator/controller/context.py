@@ -96,9 +96,11 @@ class SessionContext:
         conds = self.status.conditions or ()
         for change in changes:
             conds = conditions.set_condition(conds, change, self.generation, now)
-        update: dict[str, Any] = {"conditions": conds, "observed_generation": self.generation, "operator": self.clients.instance, **fields}
+        update: dict[str, Any] = {"observed_generation": self.generation, "operator": self.clients.instance, **fields}
         if phase is not None and PHASE_ORDER[phase] >= PHASE_ORDER[self.status.phase or Phase.PENDING]:
             update["phase"] = phase  # never backwards: Running does not turn Starting again
+        # Ready, Reconciling and Stalled follow the phase on every write (what kstatus reads).
+        update["conditions"] = conditions.settle_session(update.get("phase", self.status.phase), conds, self.generation, now)
         before = self.status.phase
         self.status = self.status.model_copy(update=update)
         if flush:

@@ -48,5 +48,14 @@ def build(
             for v in sorted(views, key=lambda v: v.name)
         ),
         observed_generation=generation,
-        conditions=conditions.set_condition(previous.conditions or (), change, generation, now),
+        conditions=_settle(previous.conditions or (), conditions.pool_changes(change, stalled=failure is not None), generation, now),
     )
+
+
+def _settle(
+    conds: Sequence[status_mod.Condition], changes: Sequence[conditions.Change], generation: int, now: datetime.datetime
+) -> tuple[status_mod.Condition, ...]:
+    result = tuple(conds)
+    for change in changes:
+        result = conditions.set_condition(result, change, generation, now)
+    return result
