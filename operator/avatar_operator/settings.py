@@ -57,6 +57,17 @@ class BithumanSettings(_Group):
     secret_name: str = Field("bithuman-credentials", validation_alias="AVATAR_BITHUMAN_SECRET_NAME")
     api_url: str = Field(spec_mod.DEFAULT_API_URL, validation_alias="AVATAR_BITHUMAN_API_URL")
     mint_url: str = Field(DEFAULT_BITHUMAN_MINT_URL, validation_alias="AVATAR_BITHUMAN_MINT_URL")
+    # The concurrent cloud sessions the plan allows per bitHuman credential
+    # (Free 1, Creator 3, Pro 10, ...): the operator queues sessions beyond it
+    # itself, in creation order. 0: no budget (bitHuman's 403 still queues).
+    # A Secret's BITHUMAN_CONCURRENCY key overrides it for its sessions.
+    concurrency: int = Field(0, ge=0, validation_alias="AVATAR_BITHUMAN_CONCURRENCY")
+    # Ending a session (POST .../runtime-sessions/{id}/end): attempts, the wait
+    # between them, and each attempt's connect timeout. Bounded, so a deletion
+    # lets go (with a Warning) when bitHuman stays unreachable.
+    end_attempts: int = Field(5, ge=1, validation_alias="AVATAR_BITHUMAN_END_ATTEMPTS")
+    end_retry_interval_s: NonNegativeSeconds = Field(1.0, validation_alias="AVATAR_BITHUMAN_END_RETRY_INTERVAL")
+    end_timeout_s: Seconds = Field(3.0, validation_alias="AVATAR_BITHUMAN_END_TIMEOUT")
 
 
 class RunnerSettings(_Group):

@@ -32,6 +32,20 @@ with a `body`, answers that instead of handling the request; anything else
 A session request whose `Idempotency-Key` was already accepted is answered
 with the first answer and counted as a replay, not as a second session. The
 recorded requests hold credentials; that is fine for a test double.
+
+Billing, as bitHuman documents it: a session bills by the second from its
+start until `POST /v1/runtime-sessions/{session_id}/end` (header `api-secret`;
+a repeat is harmless; 404 for an unknown id), or, for a launch at the custom
+endpoint (answered with a `task_id`, as the self-hosted container does),
+until `POST /custom/tasks/{task_id}/stop`. `sessions` shows each one's
+`billed_seconds`, `started_at` and `ended_at` (wall-clock seconds).
+
+`plan_limit` (`--plan-limit`, or `POST /_control/config {"plan_limit": n}`)
+refuses a start while n sessions bill: 403 CONCURRENCY_LIMIT_REACHED, with
+`Retry-After: retry_after` when that is set. `{"down_for": s}` makes every
+API route answer 503 SERVICE_UNAVAILABLE for s seconds (`{"down_for": 0}`
+ends it). `GET /_control/stats` reads `peak_live` (the most sessions billing
+at once) and `concurrency_refusals`.
 """
 
 from __future__ import annotations
@@ -54,6 +68,9 @@ from aiohttp import web
 
 REQUEST_PATH = "/v1/runtime-tokens/request"
 CUSTOM_PATH = "/custom/launch"
+END_PATH = "/v1/runtime-sessions/{session_id}/end"
+SESSION_PATH = "/v1/runtime-sessions/{session_id}"
+TASK_STOP_PATH = "/custom/tasks/{task_id}/stop"
 MINT_PATH = "/v1/runtime-tokens/mint"
 MODELS = ("expression", "essence", "expression-2", "essence-2")
 MINT_SCOPE = "livekit-cloud"
@@ -64,6 +81,7 @@ _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 class Route(enum.StrEnum):
     SESSION = "session"
     MINT = "mint"
+    END = "end"  # a runtime-sessions end or a task stop
 
 
 @dataclass
@@ -78,6 +96,13 @@ class Session:
     mode: str | None
     session_id: str
     replays: int = 0
+    task_id: str | None = None  # a launch at the custom endpoint
+    started_at: float = 0.0  # time.time()
+    ended_at: float | None = None
+    end_calls: int = 0
+
+    def billed_seconds(self, now: float) -> float:
+        return round((self.ended_at if self.ended_at is not None else now) - self.started_at, 3)
 
 
 @dataclass(frozen=True)
@@ -99,9 +124,15 @@ class FakeBithumanAPI:
         api_token: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        plan_limit: int | None = None,
     ) -> None:
         # With api_secret None any non-empty credential is accepted.
         self.api_secret = api_secret
+        self.plan_limit = plan_limit
+        self.retry_after: float | None = None  # on a concurrency refusal
+        self.down_until = 0.0  # time.monotonic()
+        self.peak_live = 0
+        self.concurrency_refusals = 0
         self.api_token = api_token
         self._host = host
         self._port = port
@@ -139,6 +170,11 @@ class FakeBithumanAPI:
         app.router.add_post(REQUEST_PATH, self._session)
         app.router.add_post(CUSTOM_PATH, self._session)
         app.router.add_post(MINT_PATH, self._mint)
+        app.router.add_post(END_PATH, self._end)
+        app.router.add_get(SESSION_PATH, self._read_session)
+        app.router.add_post(TASK_STOP_PATH, self._stop_task)
+        app.router.add_post("/_control/config", self._control_config)
+        app.router.add_get("/_control/stats", self._control_stats)
         app.router.add_post("/_control/script", self._control_script)
         app.router.add_get("/_control/requests", self._control_requests)
         app.router.add_get("/_control/sessions", self._control_sessions)
@@ -167,9 +203,28 @@ class FakeBithumanAPI:
 
     @property
     def sessions(self) -> list[dict[str, Any]]:
-        """Accepted sessions, one per idempotency key, in acceptance order."""
+        """Accepted sessions, one per idempotency key, in acceptance order, with what each billed."""
+        now = time.time()
+        return [{**asdict(s), "billed_seconds": s.billed_seconds(now)} for s in self._all()]
+
+    def _all(self) -> list[Session]:
         keyed = sorted(self._sessions.values(), key=lambda entry: entry[1])
-        return [asdict(s) for s, _, _ in keyed] + [asdict(s) for s in self._unkeyed]
+        return [s for s, _, _ in keyed] + list(self._unkeyed)
+
+    def live(self) -> int:
+        return sum(1 for s in self._all() if s.ended_at is None)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {"peak_live": self.peak_live, "live": self.live(), "concurrency_refusals": self.concurrency_refusals}
+
+    def configure(self, config: dict[str, Any]) -> None:
+        if "plan_limit" in config:
+            self.plan_limit = None if config["plan_limit"] is None else int(config["plan_limit"])
+        if "retry_after" in config:
+            self.retry_after = None if config["retry_after"] is None else float(config["retry_after"])
+        if "down_for" in config:
+            self.down_until = time.monotonic() + float(config["down_for"])
 
     def script(self, entries: list[dict[str, Any]], route: Route = Route.SESSION) -> None:
         self._scripts[route].extend(entries)
@@ -181,11 +236,15 @@ class FakeBithumanAPI:
         self._minted.clear()
         for queue in self._scripts.values():
             queue.clear()
+        self.plan_limit, self.retry_after, self.down_until = None, None, 0.0
+        self.peak_live = self.concurrency_refusals = 0
 
     # -- the API -------------------------------------------------------------
 
     async def _session(self, request: web.Request) -> web.StreamResponse:
         record, fields = await self._record(request, Route.SESSION)
+        if self._down():
+            return self._answer(record, self._unavailable())
         key = record["idempotency_key"]
         replay = self._replay(key)
         if replay is not None:
@@ -205,7 +264,14 @@ class FakeBithumanAPI:
         invalid = self._check_session_fields(record, fields)
         if invalid is not None:
             return self._answer(record, invalid)
+        if self.plan_limit is not None and self.live() >= self.plan_limit:
+            self.concurrency_refusals += 1
+            refused = _error(403, "CONCURRENCY_LIMIT_REACHED", f"the plan allows {self.plan_limit} concurrent sessions")
+            if self.retry_after is not None:
+                refused.headers["Retry-After"] = f"{self.retry_after:g}"
+            return self._answer(record, refused)
 
+        custom = request.path == CUSTOM_PATH
         session = Session(
             idempotency_key=key,
             path=request.path,
@@ -216,16 +282,83 @@ class FakeBithumanAPI:
             model=fields.get("model"),
             mode=fields.get("mode"),
             session_id=f"sess_{uuid.uuid4().hex[:12]}",
+            task_id=f"task_{uuid.uuid4().hex[:12]}" if custom else None,
+            started_at=time.time(),
         )
-        body = {"success": True, "session_id": session.session_id, "room_name": session.room_name}
+        body: dict[str, Any] = {"success": True, "session_id": session.session_id, "room_name": session.room_name}
+        if session.model:
+            body["model"] = session.model
+        if custom:  # the self-hosted container's launch answer
+            body = {"status": "pending", "task_id": session.task_id}
         if key is None:
             self._unkeyed.append(session)
         else:
             self._sessions[key] = (session, len(self._sessions), body)
+        self.peak_live = max(self.peak_live, self.live())
         return self._answer(record, web.json_response(body))
+
+    async def _end(self, request: web.Request) -> web.StreamResponse:
+        record, _ = await self._record(request, Route.END)
+        return await self._finish(request, record, lambda s: s.session_id == request.match_info["session_id"], bearer=False)
+
+    async def _stop_task(self, request: web.Request) -> web.StreamResponse:
+        record, _ = await self._record(request, Route.END)
+        return await self._finish(request, record, lambda s: s.task_id == request.match_info["task_id"], bearer=True)
+
+    async def _finish(self, request: web.Request, record: dict[str, Any], match: Any, *, bearer: bool) -> web.StreamResponse:
+        """Ends the session `match` picks: billing stops; a repeat answers the same."""
+        if self._down():
+            return self._answer(record, self._unavailable())
+        entry = self._scripts[Route.END].pop(0) if self._scripts[Route.END] else {}
+        scripted = await self._play(request, record, entry)
+        if scripted is not None:
+            return scripted
+        if bearer:
+            auth = request.headers.get("Authorization", "")
+            credential = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
+        else:
+            credential = request.headers.get("api-secret", "")
+        if not credential:
+            return self._answer(record, _error(401, "MISSING_AUTH", "no credential"))
+        if self.api_secret is not None and credential not in (self.api_secret, self.api_token):
+            return self._answer(record, _error(401, "UNAUTHORIZED", "invalid credential"))
+        session = next((s for s in self._all() if match(s)), None)
+        if session is None:
+            return self._answer(record, _error(404, "NOT_FOUND", "no such session"))
+        session.end_calls += 1
+        if session.ended_at is None:
+            session.ended_at = time.time()
+        return self._answer(record, web.json_response(self._describe(session)))
+
+    async def _read_session(self, request: web.Request) -> web.Response:
+        session = next((s for s in self._all() if s.session_id == request.match_info["session_id"]), None)
+        if session is None:
+            return _error(404, "NOT_FOUND", "no such session")
+        return web.json_response(self._describe(session))
+
+    @staticmethod
+    def _describe(session: Session) -> dict[str, Any]:
+        billed = session.billed_seconds(time.time())
+        return {
+            "session_id": session.session_id,
+            "status": "ended" if session.ended_at is not None else "live",
+            "billed_seconds": billed,
+            "credits": round(billed / 60, 3),
+        }
+
+    def _down(self) -> bool:
+        return time.monotonic() < self.down_until
+
+    @staticmethod
+    def _unavailable() -> web.Response:
+        response = _error(503, "SERVICE_UNAVAILABLE", "down for a while (scripted)")
+        response.headers["Retry-After"] = "1"
+        return response
 
     async def _mint(self, request: web.Request) -> web.StreamResponse:
         record, fields = await self._record(request, Route.MINT)
+        if self._down():
+            return self._answer(record, self._unavailable())
         entry = self._scripts[Route.MINT].pop(0) if self._scripts[Route.MINT] else {}
         scripted = await self._play(request, record, entry)
         if scripted is not None:
@@ -416,10 +549,20 @@ class FakeBithumanAPI:
         self.reset()
         return web.json_response({"reset": True})
 
+    async def _control_config(self, request: web.Request) -> web.Response:
+        config = await request.json()
+        if not isinstance(config, dict):
+            return _error(400, "INVALID_CONFIG", "send a JSON object")
+        self.configure(config)
+        return web.json_response(self.stats)
+
+    async def _control_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats)
+
 
 async def _serve(args: argparse.Namespace) -> None:
     fake = FakeBithumanAPI(
-        api_secret=args.api_secret, api_token=args.api_token, host=args.host, port=args.port
+        api_secret=args.api_secret, api_token=args.api_token, host=args.host, port=args.port, plan_limit=args.plan_limit
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -442,6 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--api-secret", default=None, help="the account secret to accept")
     parser.add_argument("--api-token", default=None, help="a Bearer token to accept too")
+    parser.add_argument("--plan-limit", type=int, default=None, help="concurrent sessions the plan allows")
     asyncio.run(_serve(parser.parse_args(argv)))
 
 

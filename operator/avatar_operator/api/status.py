@@ -85,6 +85,14 @@ class Reason(StrEnum):
     AVATAR_LEFT = "AvatarLeft"
     MAX_DURATION_REACHED = "MaxDurationReached"
     OPERATOR_ERROR = "OperatorError"
+    # cloud sessions: bitHuman's documented refusals, the queue, the end
+    CONCURRENCY_LIMITED = "ConcurrencyLimited"
+    INSUFFICIENT_BALANCE = "InsufficientBalance"
+    PLAN_REQUIRED = "PlanRequired"
+    AGENT_NOT_FOUND = "AgentNotFound"
+    MODEL_CONFLICT = "ModelConflict"
+    CLOUD_SESSION_ENDED = "CloudSessionEnded"
+    CLOUD_SESSION_END_FAILED = "CloudSessionEndFailed"
     # pools
     POOL_NOT_FOUND = "PoolNotFound"
     POOL_EXHAUSTED = "PoolExhausted"
@@ -129,6 +137,18 @@ class CloudRequest(KubeModel):
     )
     sent_time: datetime.datetime | None = Field(default=None, description="When the request was first sent.")
     accepted_time: datetime.datetime | None = Field(default=None, description="When bitHuman accepted it.")
+    session_id: Annotated[Text, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="The session_id bitHuman's API answered (ended with POST /v1/runtime-sessions/{id}/end)."
+    )
+    task_id: Annotated[Text, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="The task_id a custom endpoint answered (ended with POST /tasks/{id}/stop)."
+    )
+    model: Annotated[Text, StringConstraints(max_length=64)] | None = Field(
+        default=None, description="The model bitHuman says the session launched as."
+    )
+    ended_time: datetime.datetime | None = Field(
+        default=None, description="When bitHuman confirmed the session's end (billing stopped)."
+    )
 
 
 class RunnerPlacement(KubeModel):

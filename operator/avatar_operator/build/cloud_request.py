@@ -94,6 +94,11 @@ def is_default_api_url(url: str) -> bool:
     return hostname is not None and hostname in DEFAULT_API_HOSTS
 
 
+def is_default_api(api_url: str, configured_url: str) -> bool:
+    """bitHuman's API: by the plugin's hostnames, or the operator's configured API URL (a proxy, a test double)."""
+    return is_default_api_url(api_url) or api_url == configured_url
+
+
 def async_flag(url: str) -> bool | None:
     """The plugin's `_parse_async_parameter_from_url`: `async=true|false`, else None."""
     try:

@@ -12,6 +12,9 @@ the session's `spec.connection` counts from the next attempt on.
 `mint_runtime_token` gets the scoped token that stands in for the account
 secret in the room (build/mint_request.py says why), under the same policy.
 
+A refusal carries bitHuman's error code (build/cloud_answer.py reads it), so
+the caller can tell a concurrency limit from an empty balance.
+
 Nothing here logs or returns request headers or bodies: they hold the bitHuman
 credential and the avatar's LiveKit token.
 """
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 
+from avatar_operator.build import cloud_answer
 from avatar_operator.build.cloud_request import FORM_FILE_FIELD, CloudRequest
 from avatar_operator.build.mint_request import build_mint_request
 from avatar_operator.clients import http
@@ -78,6 +82,11 @@ class Rejected:
 
     status: int
     message: str
+    # Read off the answer (its status and message are the refusal): bitHuman's
+    # error body, {"error": {"code", "message"}}, when it has one.
+    code: str | None = field(default=None, compare=False)
+    detail: str | None = field(default=None, compare=False)
+    retry_after: float | None = field(default=None, compare=False)  # a 403 CONCURRENCY_LIMIT_REACHED may say when to come back
 
 
 @dataclass(frozen=True)
@@ -210,7 +219,14 @@ async def _attempt(
     text = body.decode("utf-8", errors="replace").strip() or reason
     message = _redact(text, secrets)[:MESSAGE_LIMIT]
     if status != 429 and status < 500:
-        return Rejected(status, message)
+        code, detail = cloud_answer.error_fields(body)
+        return Rejected(
+            status,
+            message,
+            code=None if code is None else _redact(code, secrets)[:MESSAGE_LIMIT],
+            detail=None if detail is None else _redact(detail, secrets)[:MESSAGE_LIMIT],
+            retry_after=http.retry_after_s(retry_after),
+        )
     wait = http.retry_after_s(retry_after) if status == 429 else None
     return _Retry(f"HTTP {status}: {message}", status, wait)
 

@@ -1,15 +1,27 @@
 """Cloud mode: the request that asks bitHuman's cloud to send the avatar.
 
 Functions of a session's context (`context.SessionContext`), the one writer of status.
+A start goes through the credential's line first (`cloud_wait`), and a 403
+CONCURRENCY_LIMIT_REACHED sends it back there instead of failing it; the
+start's answer (session_id, task_id, model) is recorded, so `cloud_end` can
+end the session at bitHuman the moment it ends here.
 """
 
 from __future__ import annotations
 
+from avatar_operator import metrics
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
-from avatar_operator.build import cloud_request
+from avatar_operator.build import cloud_answer, cloud_request
 from avatar_operator.clients import bithuman
-from avatar_operator.controller import context, credentials, late_avatar, ports
+from avatar_operator.controller import (
+    cloud_end,
+    cloud_wait,
+    context,
+    credentials,
+    late_avatar,
+    ports,
+)
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -35,12 +47,20 @@ async def start(
     # The key is recorded before the first send (it rides on the write of
     # attempt 1, which precedes the POST): a restarted operator sends the
     # same key, and the API answers a repeat as it did the first time.
+    # A recorded request holds its slot of the credential's budget already.
     if sent is None:
+        await cloud_wait.wait_in_line(ctx, spec, bh)
         sent = status_mod.CloudRequest(idempotency_key=ctx.ref.uid, sent_time=ctx.now())
         await ctx.record(cloud_request=sent, flush=False)
-    request = await _request(ctx, spec, lk, bh, sent.idempotency_key)
     room = ctx.clients.rooms.get(lk.url, lk.api_key, lk.api_secret)
-    await _send(ctx, room, request, sent, context.identity(spec)[0])
+    refusals = 0
+    while True:
+        request = await _request(ctx, spec, lk, bh, sent.idempotency_key)
+        limited = await _send(ctx, room, request, sent, context.identity(spec)[0])
+        if limited is None:
+            return
+        refusals += 1
+        sent = await cloud_wait.after_limit(ctx, sent, limited, refusals)
 
 
 def retry_policy(ctx: context.SessionContext) -> bithuman.RetryPolicy:
@@ -52,7 +72,7 @@ def retry_policy(ctx: context.SessionContext) -> bithuman.RetryPolicy:
 def is_default_api(ctx: context.SessionContext, api_url: str) -> bool:
     # The plugin tells bitHuman's API from a custom endpoint by hostname;
     # the operator's configured API URL (a proxy, or the tests' fake) counts too.
-    return cloud_request.is_default_api_url(api_url) or api_url == ctx.settings.bithuman.api_url
+    return cloud_request.is_default_api(api_url, ctx.settings.bithuman.api_url)
 
 
 async def _request(
@@ -125,13 +145,18 @@ async def _send(
     request: cloud_request.CloudRequest,
     sent: status_mod.CloudRequest,
     identity: str,
-) -> None:
-    """Sends with retry and records the outcome: Starting, or Failed with the server's reason."""
+) -> bithuman.Rejected | None:
+    """Sends with retry and records the outcome: Starting, or Failed with the server's reason.
+
+    Returns bitHuman's concurrency-limit refusal, which fails nothing: the caller waits and sends again."""
+    before = ctx.status.attempts or 0  # a round after a concurrency refusal counts on
 
     async def on_attempt(n: int) -> None:
+        if n > 1:
+            metrics.CLOUD_REQUESTS.labels(outcome="retried").inc()
         of = retry_policy(ctx).max_retry
         message = f"attempt {n} of {of} sent to the bitHuman API"
-        await ctx.record(phase=Phase.PENDING, changes=(Change(Cond.CLOUD_REQUEST_ACCEPTED, False, Reason.REQUEST_SENT, message),), attempts=n)
+        await ctx.record(phase=Phase.PENDING, changes=(Change(Cond.CLOUD_REQUEST_ACCEPTED, False, Reason.REQUEST_SENT, message),), attempts=before + n)
 
     async def sleep(seconds: float) -> None:
         left = ctx.seconds_left()
@@ -149,22 +174,49 @@ async def _send(
         flights.settle(ctx.ref.uid, may_have_started=_may_have_started(None if result is None else result.outcome))
     outcome = result.outcome
     if isinstance(outcome, bithuman.Accepted):
-        await ctx.record(
-            phase=Phase.STARTING,
-            changes=(
-                Change(Cond.CLOUD_REQUEST_ACCEPTED, True, Reason.REQUEST_ACCEPTED, f"bitHuman accepted the request (HTTP {outcome.status}) after {result.attempts} attempt(s)"),
-                ctx.waiting(identity),
-            ),
-            event=(Reason.REQUEST_ACCEPTED, f"bitHuman accepted the request after {result.attempts} attempt(s)"),
-            attempts=result.attempts,
-            cloud_request=sent.model_copy(update={"accepted_time": ctx.now()}),
-        )
-    elif isinstance(outcome, bithuman.Rejected):
-        await ctx.fail(Reason.REQUEST_REJECTED, f"bitHuman API refused the request: HTTP {outcome.status}: {outcome.message}", Cond.CLOUD_REQUEST_ACCEPTED)
-    elif outcome.uncertain:
+        metrics.CLOUD_REQUESTS.labels(outcome="accepted").inc()
+        await _accepted(ctx, outcome, sent, before + result.attempts, identity)
+        return None
+    if isinstance(outcome, bithuman.Rejected):
+        refusal = cloud_answer.refusal(outcome.status, outcome.code)
+        if refusal.waits:
+            return outcome
+        metrics.CLOUD_REQUESTS.labels(outcome="refused").inc()
+        said = f"{outcome.code}: {outcome.detail}" if outcome.code and outcome.detail else outcome.message
+        message = f"bitHuman API refused the request: HTTP {outcome.status}: {said}"
+        await ctx.fail(refusal.reason, message if refusal.reason == Reason.REQUEST_REJECTED else f"{message}; {refusal.fix}", Cond.CLOUD_REQUEST_ACCEPTED)
+    metrics.CLOUD_REQUESTS.labels(outcome="exhausted").inc()
+    if outcome.uncertain:
         await _exhausted_uncertain(ctx, room, result.attempts, outcome.message, identity)
-    else:
-        await ctx.fail(Reason.RETRIES_EXHAUSTED, f"bitHuman API unreachable after {result.attempts} attempt(s): {outcome.message}", Cond.CLOUD_REQUEST_ACCEPTED)
+    await ctx.fail(Reason.RETRIES_EXHAUSTED, f"bitHuman API unreachable after {result.attempts} attempt(s): {outcome.message}", Cond.CLOUD_REQUEST_ACCEPTED)
+
+
+async def _accepted(ctx: context.SessionContext, outcome: bithuman.Accepted, sent: status_mod.CloudRequest, attempts: int, identity: str) -> None:
+    """Starting, with what the start answered; a session deleted while its start was in flight is ended at once."""
+    answer = cloud_answer.start_answer(outcome.body)
+    started = sent.model_copy(
+        update={"accepted_time": ctx.now(), "session_id": answer.session_id, "task_id": answer.task_id, "model": answer.model}
+    )
+    what = "".join(
+        (f": session {answer.session_id}" if answer.session_id else f": task {answer.task_id}" if answer.task_id else "",
+         f" as model {answer.model}" if answer.model else "")
+    )
+    await ctx.record(
+        phase=Phase.STARTING,
+        changes=(
+            Change(Cond.CLOUD_REQUEST_ACCEPTED, True, Reason.REQUEST_ACCEPTED, f"bitHuman accepted the request (HTTP {outcome.status}) after {attempts} attempt(s){what}"),
+            ctx.waiting(identity),
+        ),
+        event=(Reason.REQUEST_ACCEPTED, f"bitHuman accepted the request after {attempts} attempt(s){what}"),
+        attempts=attempts,
+        cloud_request=started,
+    )
+    if ctx.body.metadata.get("deletionTimestamp") and cloud_end.is_due(started):
+        # The finalizer may have read the status before this answer came: end it here too (a repeat is harmless).
+        result = await cloud_end.end(ctx.clients, ctx.settings, ctx.ref.namespace, ctx.live_spec(), started)
+        if result is not None:
+            reason, message = cloud_end.describe(started, result)
+            await ctx.record(event=(reason, message), warning=not result.ended)
 
 
 def _may_have_started(outcome: bithuman.Outcome | None) -> bool:

@@ -22,7 +22,7 @@ from avatar_operator.api import conditions, names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.build import token as token_mod
-from avatar_operator.controller import claims, decisions, mailbox, ports
+from avatar_operator.controller import claims, cloud_queue, decisions, mailbox, ports
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -51,6 +51,8 @@ class SessionContext:
     logger: logging.Logger | kopf.Logger
     stopped: ports.Flag
     claims: claims.Index = dataclasses.field(default_factory=claims.NoClaims)
+    # The line at each bitHuman credential's concurrency budget (cloud mode).
+    cloud_queue: cloud_queue.Queue = dataclasses.field(default_factory=cloud_queue.Queue)
     ref: names.SessionRef = dataclasses.field(init=False)
     mailbox: mailbox.Mailbox = dataclasses.field(init=False)
     # What the worker has decided, and what the API server has of it.

@@ -15,7 +15,7 @@ from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.clients import kube as kube_mod
 from avatar_operator.clients import livekit
-from avatar_operator.controller import claims, context, credentials, mailbox, pool_worker, pools, ports, storage, teardown, worker
+from avatar_operator.controller import claims, cloud_end, cloud_queue, context, credentials, mailbox, pool_worker, pools, ports, storage, teardown, worker
 from avatar_operator.launchers import pool_pod
 
 RESOURCE = (names.GROUP, names.VERSION, names.PLURAL)
@@ -35,6 +35,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # A burst of sessions: many objects at once, each one cheap.
     settings.batching.worker_limit = 1000
     memo.clients = make_clients(memo.settings)
+    memo.cloud_admissions = cloud_queue.Admissions()
 
 
 def make_clients(settings: settings_mod.Settings) -> ports.Clients:
@@ -83,6 +84,13 @@ def pool_bookings(body: kopf.Body, **_: Any) -> dict[tuple[str, str], pool_worke
     return {key: (str(body.metadata.uid), str(placed["pod"]), placed.get("taskId"))}
 
 
+@kopf.index(*RESOURCE)
+def cloud_slots(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[cloud_queue.Key, cloud_queue.Slot]:
+    """Every cloud session's place at its bitHuman credential's budget, from its status: a restarted
+    operator counts the same slots as the last one."""
+    return cloud_queue.entry(body, memo.settings)
+
+
 class _KopfClaims:
     def __init__(self, index: kopf.Index[claims.Key, claims.Claim]) -> None:
         self._index = index
@@ -101,8 +109,9 @@ async def run_session(
 ) -> None:
     """The session's worker: from applied to ended. Restarted for each session when the operator starts."""
     index = _KopfClaims(kwargs["avatar_claims"])  # kopf passes each index by its function's name
+    line = cloud_queue.Queue(cloud_queue.MappingIndex(kwargs["cloud_slots"]), memo.cloud_admissions)
     ctx = context.SessionContext(
-        body=body, settings=memo.settings, clients=memo.clients, logger=logger, stopped=stopped, claims=index
+        body=body, settings=memo.settings, clients=memo.clients, logger=logger, stopped=stopped, claims=index, cloud_queue=line
     )
     with metrics.track(ctx):
         await worker.run(ctx)
@@ -171,6 +180,8 @@ async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: A
         await teardown.stop_runner(clients, ref)
         return
     identity = str((body.get("status") or {}).get("avatarIdentity") or context.identity(spec)[0])
+    if spec.mode == spec_mod.Mode.CLOUD:  # billing stops first; then the avatar is removed from the room
+        await cloud_end.on_deletion(clients, settings, ref, spec, body)
     room = await _room_for_cleanup(clients, settings, spec, ref, logger)
     placed = _placement(body)
     warning = await teardown.stop_session(clients, ref, spec, room, identity, settings.timing.cleanup_timeout_s, placed=placed)

@@ -18,7 +18,7 @@ from avatar_operator import metrics
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.api import validation
-from avatar_operator.controller import claims, cloud_mode, context, credentials, local_mode, pool_mode, room_watch
+from avatar_operator.controller import claims, cloud_end, cloud_mode, context, credentials, local_mode, pool_mode, room_watch
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -38,6 +38,7 @@ IDENTITY_RECHECK_S = 2.0
 
 async def run(ctx: context.SessionContext) -> None:
     if ctx.status.phase in context.TERMINAL:
+        await cloud_end.after_end(ctx)  # one the last operator could not end (it died, or bitHuman was down)
         return
     try:
         if (ctx.status.worker_errors or 0) >= MAX_WORKER_ERRORS:
@@ -59,6 +60,7 @@ async def run(ctx: context.SessionContext) -> None:
         await ctx.clients.launcher.release(ctx.ref)
     except context.Ended:
         await pool_mode.let_go(ctx)
+        await cloud_end.after_end(ctx)
     except Exception as e:
         # kopf retries the daemon after an error; what was decided before it
         # is still true, so it is written rather than lost, with the count.
@@ -72,6 +74,7 @@ async def run(ctx: context.SessionContext) -> None:
         raise
     finally:
         ctx.clients.mailboxes.forget(ctx.ref.uid)
+        ctx.cloud_queue.release(ctx.ref.uid)
 
 
 async def accept(ctx: context.SessionContext) -> spec_mod.AvatarSessionSpec:
