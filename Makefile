@@ -14,6 +14,7 @@ REAL_NODE ?= auto
 help:
 	@echo "make venv          virtualenv in .venv with the project and its test tools"
 	@echo "make binaries      find or build kube-apiserver, etcd, kwok, livekit-server, helm, kubeconform"
+	@echo "make kstatus-check build .stack/bin/kstatus-check (kstatus and Argo CD's Lua on objects: README)"
 	@echo "make stack-up      start the local stack (writes .stack/kubeconfig and .stack/env)"
 	@echo "make stack-down    stop it; no process is left"
 	@echo "make images        build the operator and runner images with podman/buildah (no Docker engine)"
@@ -47,6 +48,12 @@ venv: $(STAMP)
 
 binaries:
 	bash hack/build-binaries.sh .stack/bin
+
+# kstatus (Flux, Helm's watcher) and the chart's Argo CD health.lua in gopher-lua,
+# as one small Go program (hack/kstatus; cached). tests/integration/test_kstatus.py builds it too.
+.PHONY: kstatus-check
+kstatus-check:
+	bash hack/kstatus/build.sh .stack/bin
 
 stack-up:
 	$(PYTHON) hack/stack.py up
