@@ -62,7 +62,7 @@ def test_max_duration_lengthened_then_shortened_under_a_running_session(
     patched = _patch(stack, ns, name, {"maxDuration": 3})  # already past: ends now
     st = wait_for("the shortened session to end", lambda: _ended(stack, ns, name), timeout=30)
     took = time.monotonic() - patched
-    assert st["phase"] == "Succeeded" and condition(st, "Ready")["reason"] == "MaxDurationReached", st  # type: ignore[index]
+    assert st["phase"] == "Succeeded" and condition(st, "Reconciling")["reason"] == "MaxDurationReached", st  # type: ignore[index]
     assert took < EFFECT_S, f"the shortened maxDuration took {took:.1f}s to count"
     if mode == "local":
         wait_for("the runner pod gone", lambda: not get_json(stack, "pods", "-n", ns, "-l", "app.kubernetes.io/component=runner")["items"])

@@ -224,7 +224,7 @@ def evaluate(kube: Kube, fake: FakeProc, churn: Churn, namespaces: list[str]) ->
             continue
         if kind.endswith("-max"):
             due = "startTime" in st and now > _epoch(st["startTime"]) + s["spec"]["maxDuration"] + 2
-            ready = condition(obj, "Ready")
+            ready = condition(obj, "Reconciling")  # a Succeeded session says how it ended there
             ok = due and ph == "Succeeded" and ready.get("reason") == "MaxDurationReached"
             t.check("right_phase", ok, f"{name}: want Succeeded/MaxDurationReached{'' if due else ' (not yet due)'}, have {ph} {ready.get('reason')}")
             if s["mode"] == "local":

@@ -310,7 +310,7 @@ def test_livekit_restart_under_running_session(stack: Stack, kube: Kube, crd: No
             term = [f.read_text().strip() for f in runners.glob("*.termination-log")]
             sc.note("runner_termination_message", term)
             saw_outage = any(r == "LiveKitUnreachable" and t_down <= t <= t_up + 6 for t, _, r, _ in timeline)
-            msg = ready.get("message", "")
+            msg = (ready or condition(final, "Reconciling")).get("message", "")  # Succeeded: no Ready
             names_livekit = "livekit" in msg.lower()
             sc.check("session_says_livekit_went_away", saw_outage or (phase(final) in ("Succeeded", "Failed") and names_livekit),
                      f"the session never said LiveKit was unreachable and ended with {phase(final)}/{ready.get('reason')}: {msg!r}; timeline {[(round(t - t_down, 1), p, r) for t, p, r, _ in timeline]}")

@@ -469,8 +469,8 @@ def test_deadline_before_start(stack: Stack, kube: Kube, operator_crd: None, fak
         time.sleep(max(0.0, t0 + 8 - time.monotonic()))
         for label, ns in (("cloud", ns_a), ("local", ns_b)):
             obj = kube.session(ns, "s")
-            ok = phase(obj) == "Succeeded" and condition(obj, "Ready").get("reason") == "MaxDurationReached"
-            sc.check("ended_while_waiting_for_the_secret", ok, f"{label}, 8 s after creation: {brief(obj, 'CredentialsReady', 'Ready')}")
+            ok = phase(obj) == "Succeeded" and condition(obj, "Reconciling").get("reason") == "MaxDurationReached"
+            sc.check("ended_while_waiting_for_the_secret", ok, f"{label}, 8 s after creation: {brief(obj, 'CredentialsReady', 'Reconciling')}")
         for ns in (ns_a, ns_b):
             kube.put_secret(ns, "bithuman-credentials", {"BITHUMAN_API_SECRET": BITHUMAN_SECRET})
         t_secret = time.monotonic()
@@ -485,8 +485,8 @@ def test_deadline_before_start(stack: Stack, kube: Kube, operator_crd: None, fak
 
         for label, ns, room in (("cloud", ns_a, room_a), ("local", ns_b, room_b)):
             obj = ends[ns]
-            ready = condition(obj, "Ready")
-            sc.check("ends_succeeded_max_duration_reached", phase(obj) == "Succeeded" and ready.get("reason") == "MaxDurationReached", f"{label}: {brief(obj, 'CredentialsReady', 'Ready')}")
+            ready = condition(obj, "Reconciling")  # a Succeeded session says how it ended there
+            sc.check("ends_succeeded_max_duration_reached", phase(obj) == "Succeeded" and ready.get("reason") == "MaxDurationReached", f"{label}: {brief(obj, 'CredentialsReady', 'Reconciling')}")
             sent = requests_for(fake, room)
             mints = requests_for(fake, room, "mint")
             sc.check("no_mint_and_no_session_request", not sent and not mints, f"{label}: {len(sent)} session requests, {len(mints)} mints")
@@ -496,8 +496,8 @@ def test_deadline_before_start(stack: Stack, kube: Kube, operator_crd: None, fak
         tokens = [s["metadata"]["name"] for s in kube.secrets(ns_b) if s["metadata"]["name"].endswith("-token")]
         sc.check("no_token_secret", not tokens, str(tokens))
 
-        ready_c = condition(obj_c, "Ready")
-        sc.check("retry_after_past_deadline_ends_max_duration_reached", phase(obj_c) == "Succeeded" and ready_c.get("reason") == "MaxDurationReached", str(brief(obj_c, "CloudRequestAccepted", "Ready")))
+        ready_c = condition(obj_c, "Reconciling")
+        sc.check("retry_after_past_deadline_ends_max_duration_reached", phase(obj_c) == "Succeeded" and ready_c.get("reason") == "MaxDurationReached", str(brief(obj_c, "CloudRequestAccepted", "Reconciling")))
         sc.check("ends_within_8s_of_creation", took_c <= 9.0, f"ended after {took_c:.1f}s (maxDuration 5)")
         sent_c = requests_for(fake, room_c)
         sc.check("exactly_one_session_request", len(sent_c) == 1, f"{len(sent_c)} session requests (the 429, then {'a paid one' if len(sent_c) > 1 else 'none'})")
