@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Stack
-from tests.unit.test_rules import CASES, CHANGES, CLOUD, RULES_BY_ID, TRANSITIONS_BY_FIELD, base64ish, session
+from tests.unit.test_rules import CASES, CHANGES, CLOUD, RULES_BY_ID, TRANSITIONS_BY_FIELD, VALID, base64ish, session
 
 pytestmark = pytest.mark.stack
 
@@ -81,6 +81,15 @@ def test_cel_refuses_each_rule_case_with_its_message(crd_stack: Stack, ns: str, 
     proc = crd_stack.kubectl("apply", "-n", ns, "--dry-run=server", "-f", "-", input=json.dumps(placed(session(spec_), ns)), check=False)
     assert proc.returncode != 0, f"{rule_id}: accepted"
     assert f"{rule.field}: " in proc.stderr and rule.message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("spec_", VALID)
+def test_what_validate_accepts_the_apiserver_accepts(ns: str, objects: kubernetes.client.CustomObjectsApi, spec_: dict[str, Any]) -> None:
+    # Among them the plugin's apiUrl forms (a scheme in any case, empty for the
+    # default) and a photo on the first-generation expression model.
+    stored, refusal = dry_run_create(objects, ns, session(spec_))
+    assert stored is not None, refusal
+    assert stored["spec"] == our_view(session(spec_))
 
 
 def test_the_largest_image_is_within_the_cel_cost_budget(ns: str, objects: kubernetes.client.CustomObjectsApi) -> None:
@@ -178,8 +187,8 @@ FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
         st.sampled_from([{}, {"secretKeyRef": {"name": "Bad_Name", "key": "k"}}, {"configMapKeyRef": {"name": "a", "key": "k"}, "secretKeyRef": {"name": "a", "key": "k"}}]),
     ),
     "bithuman": (
-        optional(apiUrl=st.just("https://b/x?async=true"), secretRef=name.map(lambda n: {"name": n})),
-        optional(apiUrl=st.sampled_from(["b/x", ""]), secretRef=st.just({"name": ""})),
+        optional(apiUrl=st.sampled_from(["https://b/x?async=true", "HTTPS://b/x", "hTtP://b", ""]), secretRef=name.map(lambda n: {"name": n})),
+        optional(apiUrl=st.sampled_from(["b/x", " https://b", "ftp://b"]), secretRef=st.just({"name": ""})),
     ),
     "livekit": (optional(url=st.sampled_from(["wss://lk", "ws://lk:7880"])), optional(url=st.sampled_from(["lk:7880", ""]))),
     "avatarParticipant": (optional(identity=st.just("avatar"), name=text.filter(bool)), optional(identity=st.just(""), name=st.just(""))),

@@ -82,7 +82,17 @@ RULE_CASES: dict[str, list[dict[str, Any]]] = {
             },
         },
     ],
-    "bithuman-api-url": [{**CLOUD, "bithuman": {"apiUrl": "auth.api.bithuman.ai/v1/runtime-tokens/request"}}],
+    "bithuman-api-url": [
+        {**CLOUD, "bithuman": {"apiUrl": url}}
+        for url in ("auth.api.bithuman.ai/v1/runtime-tokens/request", " https://b/x", "ftp://b/x", "httpss://b", "\u0127ttps://b")
+    ],
+    # bitHuman refuses a photo on any model but the first-generation expression one.
+    "photo-model": [
+        {**IMAGE, image: value, "model": model}
+        for image, value in (("avatarImage", URL), ("avatarImageFrom", {"secretKeyRef": {"name": "img", "key": "p.png"}}))
+        for model in ("essence", "essence-2", "expression-2")
+    ]
+    + [{**CLOUD, "avatarImage": PNG_B64, "model": "essence-2"}],
     "livekit-url": [{**CLOUD, "livekit": {"url": "livekit.example.com"}}],
     "avatar-identity-non-empty": [{**CLOUD, "avatarParticipant": {"identity": ""}}],
     "avatar-name-non-empty": [{**CLOUD, "avatarParticipant": {"name": ""}}],
@@ -123,6 +133,13 @@ VALID: list[dict[str, Any]] = [
     {**CLOUD, "modelPath": ""},  # the plugin ignores model_path in cloud mode
     {**CLOUD, "model": "essence-2", "connection": {"maxRetry": 1, "retryInterval": 0, "timeout": 0.001}},
     {**CLOUD, "bithuman": {"apiUrl": "http://127.0.0.1:8080/launch?async=true", "secretRef": {"name": "bh"}}},
+    # The plugin's `api_url or default`, and aiohttp reads a scheme in any case.
+    {**CLOUD, "bithuman": {"apiUrl": ""}},
+    {**CLOUD, "bithuman": {"apiUrl": "HTTPS://auth.api.bithuman.ai/v1/runtime-tokens/request"}},
+    {**CLOUD, "bithuman": {"apiUrl": "Http://127.0.0.1:8080/launch"}},
+    {**IMAGE, "avatarImage": URL, "model": "expression"},
+    {**IMAGE, "avatarImageFrom": {"configMapKeyRef": {"name": "portraits", "key": "ada.png"}}, "model": "expression"},
+    {**CLOUD, "model": "essence-2"},  # an agent, not a photo: any model
     {**CLOUD, "livekit": {"url": "wss://lk.example.com", "secretRef": {"name": "lk"}}, "maxDuration": 0.5},
     {**CLOUD, "maxDuration": 604800, "connection": {"maxRetry": 100, "retryInterval": 3600, "timeout": 600}},
     {**CLOUD, "room": "\U0001f600" * 64, "avatarParticipant": {"identity": "\u00e9" * 128}},  # exactly 256 bytes
@@ -232,7 +249,7 @@ FULL: dict[str, Any] = {
 CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "room": (FULL, {**FULL, "room": "other"}),
     "agentIdentity": (FULL, {**FULL, "agentIdentity": "other"}),
-    "model": (FULL, {**FULL, "model": "essence"}),
+    "model": (FULL, {k: v for k, v in FULL.items() if k != "model"}),  # FULL has a photo: expression only
     "modelPath": (FULL, {**FULL, "modelPath": "/models/other.imx"}),
     "modelVolume": (FULL, {**FULL, "modelVolume": {"persistentVolumeClaim": {"claimName": "other"}}}),
     "avatarId": (FULL, {k: v for k, v in FULL.items() if k != "avatarId"}),  # removing counts as changing
@@ -269,10 +286,14 @@ def test_connection_and_max_duration_may_change() -> None:
     assert validation.validate_update(session(FULL), session({k: v for k, v in new.items() if k != "maxDuration"})) == []
 
 
-def test_an_update_is_validated_itself_first() -> None:
+def test_an_update_reports_its_own_problems_and_the_changes_together() -> None:
     assert validation.validate_update(session(FULL), session({**FULL, "room": ""})) == [
-        Problem("spec.room", RULES_BY_ID["room-non-empty"].message)
+        Problem("spec.room", RULES_BY_ID["room-non-empty"].message),
+        Problem("spec.room", TRANSITIONS_BY_FIELD["spec.room"].message),
     ]
+    # A change to a field that is malformed itself: the shape problem, not a guess at the change.
+    (problem,) = validation.validate_update(session(FULL), session({**FULL, "room": 5}))
+    assert problem.field == "spec.room" and "valid string" in problem.message
 
 
 # --- parity with livekit-plugins-bithuman ----------------------------------------
@@ -399,11 +420,11 @@ def test_credential_problem_is_the_plugins(mode: spec.Mode, has_secret: bool, ha
 
 def test_an_unknown_field_is_refused_even_when_null_as_the_apiserver_refuses_it() -> None:
     base = {"room": "r", "agentIdentity": "a", "avatarId": "A1"}
-    for spec, field in (
+    for spec_, field in (
         ({**base, "bogus": None}, "spec.bogus"),
         ({**base, "avatarParticipant": {"extra": None}}, "spec.avatarParticipant.extra"),
     ):
-        problems = validation.validate({"apiVersion": "avatar-operator.dev/v1alpha1", "kind": "AvatarSession", "spec": spec})
+        problems = validation.validate({"apiVersion": "avatar-operator.dev/v1alpha1", "kind": "AvatarSession", "spec": spec_})
         assert [p.field for p in problems] == [field] and "unknown field" in problems[0].message
     # A null known field is a missing one, as the apiserver treats it.
     assert validation.validate({"spec": {**base, "avatarParticipant": {"identity": None}, "maxDuration": None}}) == []
@@ -427,3 +448,220 @@ def test_the_transition_rules_are_the_immutable_fields_exactly() -> None:
     assert {r.field for r in rules.TRANSITION_RULES} == immutable
     assert set(rules.MUTABLE_FIELDS) == {"spec.connection", "spec.maxDuration"}
     assert immutable.isdisjoint(rules.MUTABLE_FIELDS)
+
+
+# --- the plugin's apiUrl forms -----------------------------------------------------
+
+
+@given(scheme=st.sampled_from(["http", "https"]).flatmap(lambda s: st.tuples(*(st.sampled_from([c, c.upper()]) for c in s))))
+@settings(max_examples=60)
+def test_an_api_url_scheme_in_any_case_is_accepted_and_works(scheme: tuple[str, ...]) -> None:
+    import yarl
+    from avatar_operator.build import cloud_request
+
+    for host in ("auth.api.bithuman.ai", "127.0.0.1:8089"):
+        url = f"{''.join(scheme)}://{host}/v1/runtime-tokens/request"
+        assert ours_accepts(avatarId="A1", bithuman={"apiUrl": url})
+        # The plugin takes it, and picks the same request format for it as for the lower-case URL ...
+        with pytest.MonkeyPatch.context() as env:
+            env.delenv("BITHUMAN_API_URL", raising=False)
+            plugin = AvatarSession(api_url=url, api_secret="s", avatar_id="A1", model="expression")
+        assert plugin._is_default_api_url() == cloud_request.is_default_api_url(url) == cloud_request.is_default_api_url(url.lower())
+        # ... and the operator's request to it is built and goes to an http(s) URL, as aiohttp reads it.
+        request = cloud_request.build_request(
+            api_url=url, api_secret="s", api_token=None, livekit_url="wss://lk", livekit_token="t", room="r",
+            model="expression", avatar_id="A1", avatar_image=None, avatar_image_bytes=None, idempotency_key="k",
+        )
+        assert yarl.URL(request.url).scheme == "".join(scheme).lower()
+
+
+def test_an_empty_api_url_is_the_default_as_in_the_plugin() -> None:
+    from avatar_operator import settings as settings_mod
+    from avatar_operator.controller import credentials
+
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("BITHUMAN_API_URL", raising=False)
+        assert AvatarSession(api_url="", api_secret="s", avatar_id="A1")._api_url == spec.DEFAULT_API_URL
+    assert ours_accepts(avatarId="A1", bithuman={"apiUrl": ""})
+    settings = settings_mod.Settings.from_env({"AVATAR_LIVEKIT_URL": "wss://lk"})
+    parsed = spec.parse_spec(session({**CLOUD, "bithuman": {"apiUrl": "", "secretRef": {"name": "bh"}}}))
+    resolved = credentials.bithuman(parsed, settings, {"bh": {"BITHUMAN_API_SECRET": "s"}}.get)
+    assert resolved.api_url == settings.bithuman.api_url == spec.DEFAULT_API_URL
+    # Whitespace is no URL to the plugin either: it would post to "  ".
+    assert not ours_accepts(avatarId="A1", bithuman={"apiUrl": "  "})
+
+
+def test_a_photo_runs_on_the_first_generation_expression_model_only() -> None:
+    # What the plugin's own docs say of avatar_image ("Expression 1 only"), and the
+    # API's 400: the rule names the fix, pointing at an agent made from the photo.
+    assert "Expression 1 only" in (AvatarSession.__init__.__doc__ or "")
+    problems = validation.validate(session({**IMAGE, "avatarImage": URL, "model": "expression-2"}))
+    assert [p.field for p in problems] == ["spec.model"]
+    assert "set spec.model to expression or remove it" in problems[0].message and "spec.avatarId" in problems[0].message
+    for model in (None, "expression"):
+        assert ours_accepts(avatarImage=URL, **({"model": model} if model else {}))
+
+
+# --- every problem in one run ------------------------------------------------------
+
+# A malformed value for a field, and its shape problem's field.
+MALFORMED: dict[str, tuple[Any, str]] = {
+    "room": (5, "spec.room"),
+    "agentIdentity": (["agent"], "spec.agentIdentity"),
+    "model": ("Essence", "spec.model"),
+    "maxDuration": ("10", "spec.maxDuration"),
+    "connection": ({"maxRetry": "3"}, "spec.connection.maxRetry"),
+    "livekit": ({"url": 7}, "spec.livekit.url"),
+    "runner": ({"tolerations": [{"operator": "Maybe"}]}, "spec.runner.tolerations[0].operator"),
+    "bithuman": ({"secretRef": {"name": "Not_A_Name"}}, "spec.bithuman.secretRef.name"),
+    "avatarParticipant": ({"identity": 5}, "spec.avatarParticipant.identity"),
+}
+
+
+def rule_reads(rule_id: str) -> set[str]:
+    rule = RULES_BY_ID[rule_id]
+    return {str(path[0]) for path in validation.reads(rule.cel, rule.scope) if path}
+
+
+@given(case=st.sampled_from(CASES), field=st.sampled_from(sorted(MALFORMED)))
+@settings(max_examples=300)
+def test_a_shape_problem_and_a_rule_problem_are_reported_together(case: tuple[str, dict[str, Any]], field: str) -> None:
+    rule_id, spec_ = case
+    if field in rule_reads(rule_id) or field in spec_:
+        return  # the rule reads that field: with it malformed the rule has nothing sound to read
+    value, shape_field = MALFORMED[field]
+    rule = RULES_BY_ID[rule_id]
+    problems = validation.validate(session({**spec_, field: value}))
+    assert problems[0].field == shape_field and Problem(rule.field, rule.message) in problems[1:], problems
+
+
+def test_a_multi_problem_manifest_names_each_problem_once() -> None:
+    problems = validation.validate(
+        session({
+            "room": "",
+            "agentIdentity": 5,  # a type error
+            "avatarImage": "not an image",
+            "model": "essence-2",
+            "connection": {"maxRetry": 0, "timeout": "soon"},  # a rule and a type error side by side
+            "bithuman": {"apiUrl": "b/x", "secretRef": {}},  # a rule, and a missing field
+            "colour": "blue",
+        })
+    )
+    assert [p.field for p in problems] == [
+        "spec.agentIdentity", "spec.bithuman.secretRef.name", "spec.connection.timeout", "spec.colour",
+        "spec.room", "spec.avatarImage", "spec.bithuman.apiUrl", "spec.model", "spec.connection.maxRetry",
+    ]
+
+
+def test_a_rule_on_a_malformed_field_is_not_guessed() -> None:
+    # avatarId decides the mode: malformed, neither mode's rules are applied to a guess.
+    problems = validation.validate(session({"room": "r", "agentIdentity": "a", "avatarId": 5}))
+    assert [p.field for p in problems] == ["spec.avatarId"]
+    # A missing key inside modelVolume: the presence of modelVolume is still known.
+    problems = validation.validate(session({**LOCAL, "modelPath": "avatar.imx", "modelVolume": {"persistentVolumeClaim": {}}}))
+    assert [p.field for p in problems] == ["spec.modelVolume.persistentVolumeClaim.claimName", "spec.modelPath"]
+
+
+def test_what_a_rule_reads_comes_from_its_cel() -> None:
+    assert validation.reads("!has(self.modelVolume) || self.modelPath.matches('x')", "spec") == {
+        ("modelVolume",): True,
+        ("modelPath",): False,
+    }
+    assert validation.reads("bytes(self).size() <= 256", "spec.avatarParticipant.name") == {("avatarParticipant", "name"): False}
+    assert validation.reads("!has(self.hostPath)", "spec.modelVolume") == {("modelVolume",): True, ("modelVolume", "hostPath"): True}
+    # Every rule reads something, and every field it reads is a spec field.
+    session_fields = {f.alias or n for n, f in spec.AvatarSessionSpec.model_fields.items()}
+    for rule in rules.RULES:
+        read = rule_reads(rule.id)
+        assert read and read <= session_fields, rule.id
+
+
+# --- plugin names where spec fields belong -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "hint"),
+    [
+        ({"model_path": "/m/a.imx"}, "spec.model_path", "did you mean `modelPath`?"),
+        ({"avatar_id": "A1"}, "spec.avatar_id", "did you mean `avatarId`?"),
+        ({"avatar_image": URL}, "spec.avatar_image", "did you mean `avatarImage`?"),
+        ({"api_url": "https://x"}, "spec.api_url", "did you mean `bithuman.apiUrl`?"),
+        ({"conn_options": {"max_retry": 3}}, "spec.conn_options", "did you mean `connection`?"),
+        ({"avatar_participant_identity": "me"}, "spec.avatar_participant_identity", "did you mean `avatarParticipant.identity`?"),
+        ({"avatar_participant_name": "me"}, "spec.avatar_participant_name", "did you mean `avatarParticipant.name`?"),
+        ({"api_secret": "sk-1"}, "spec.api_secret", "did you mean `bithuman.secretRef`?"),
+        ({"livekit_url": "wss://x"}, "spec.livekit_url", "did you mean `livekit.url`?"),
+        ({"runtime": None}, "spec.runtime", "has no spec field"),
+        ({"connection": {"max_retry": 3}}, "spec.connection.max_retry", "did you mean `maxRetry`?"),
+        ({"connection": {"Timeout": 3}}, "spec.connection.Timeout", "did you mean `timeout`?"),
+        ({"agent_identity": "a"}, "spec.agent_identity", "did you mean `agentIdentity`?"),
+        ({"bithuman": {"api_url": "https://x"}}, "spec.bithuman.api_url", "did you mean `apiUrl`?"),
+        ({"runner": {"tolerations": [{"toleration_seconds": 5}]}}, "spec.runner.tolerations[0].toleration_seconds", "`tolerationSeconds`"),
+    ],
+)
+def test_a_plugin_argument_name_gets_the_spec_name(fields: dict[str, Any], field: str, hint: str) -> None:
+    problems = validation.validate(session({**CLOUD, **fields}))
+    (problem,) = [p for p in problems if p.field == field]
+    assert problem.message.startswith("unknown field") and hint in problem.message, problem
+    assert "sk-1" not in str(problems)  # a value is never echoed, a secret one least of all
+
+
+def test_every_plugin_argument_has_a_hint() -> None:
+    import inspect
+
+    from avatar_operator.api import plugin_args
+
+    kwargs = {
+        name
+        for fn in (AvatarSession.__init__, AvatarSession.start)
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is p.KEYWORD_ONLY
+    }
+    assert kwargs <= set(plugin_args.PLUGIN_ARGS), kwargs - set(plugin_args.PLUGIN_ARGS)
+    session_fields = {f.alias or n for n, f in spec.AvatarSessionSpec.model_fields.items()}
+    for name, hint in plugin_args.PLUGIN_ARGS.items():
+        assert hint.field is None or hint.field.split(".")[0] in session_fields, name
+
+
+# --- metadata.name as the API server checks it -------------------------------------
+
+
+def named(name: str, **meta: str) -> dict[str, Any]:
+    return {**session(CLOUD), "metadata": {"name": name, **meta}}
+
+
+@pytest.mark.parametrize("name", ["a", "lobby-avatar", "a.b-c", "0abc", "x" * 246])
+def test_valid_names_pass(name: str) -> None:
+    assert validation.validate(named(name)) == []
+
+
+@pytest.mark.parametrize("name", ["Lobby", "lobby_avatar", "-a", "a-", "a..b", "a.-b", "ü", "x" * 254, "a b"])
+def test_the_api_servers_name_rule(name: str) -> None:
+    (problem,) = validation.validate(named(name))
+    assert problem.field == "metadata.name" and "253 characters" in problem.message
+
+
+@given(st.text(alphabet="ab-.A_1", min_size=1, max_size=12))
+def test_the_name_rule_is_dns_1123_subdomain(name: str) -> None:
+    labels = name.split(".")
+    valid = all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", label) for label in labels)
+    assert validation.is_subdomain(name) == valid
+
+
+def test_names_the_operator_derives_must_be_valid_too() -> None:
+    # 253 characters is a valid name, and names.shorten cuts "<name>-runner" to fit;
+    # a cut that ends on a "." leaves ".-": no valid pod name.
+    ok = "x" * 253
+    assert validation.validate(named(ok)) == []
+    bad = "x" * 243 + "." + "y" * 9
+    assert validation.is_subdomain(bad)
+    problems = validation.validate(named(bad))
+    assert {p.field for p in problems} == {"metadata.name"} and "runner pod" in problems[0].message
+    assert "at most 246 characters" in problems[0].message
+
+
+def test_generate_name_and_namespace() -> None:
+    obj = session(CLOUD)
+    assert validation.validate({**obj, "metadata": {"generateName": "lobby-", "namespace": "team-a"}}) == []
+    problems = validation.validate({**obj, "metadata": {"generateName": "Lobby-", "namespace": "Team_A"}})
+    assert [p.field for p in problems] == ["metadata.generateName", "metadata.namespace"]

@@ -10,7 +10,8 @@ The rules are `livekit-plugins-bithuman`'s `AvatarSession.__init__` checks,
 restated for a resource: the plugin's environment variables have no
 counterpart in a spec (credentials come from Secrets, checked by the operator
 at reconcile time with `credential_problem`), and a few checks are stricter
-where the plugin would only fail later (an empty avatarId, a relative URL).
+on purpose (each is listed, with its reason, in the README's "Stricter than
+the plugin").
 """
 
 from __future__ import annotations
@@ -111,8 +112,19 @@ def is_valid_base64(s: str) -> bool:
 
 
 def is_url(s: str) -> bool:
-    """The plugin's URL test: a prefix, nothing more."""
+    """The plugin's URL test for avatar_image: a prefix, nothing more (case-sensitive)."""
     return s.startswith(("http://", "https://"))
+
+
+# The plugin hands api_url to aiohttp, whose URL parser reads the scheme in any
+# case (HTTPS:// works), so the rule does too: ASCII letters only, spelled out,
+# so that Python's re and the apiserver's RE2 read the same language.
+HTTP_URL_ANY_CASE = r"^[hH][tT][tT][pP][sS]?://"
+
+
+def api_url_ok(url: str | None) -> bool:
+    """Unset or empty is the default API (the plugin's `api_url or default`); else an http(s) URL."""
+    return not url or re.match(HTTP_URL_ANY_CASE, url) is not None
 
 
 # The same language as is_valid_base64, as one RE2 regex over the raw string
@@ -317,9 +329,10 @@ RULES: tuple[Rule[AvatarSessionSpec], ...] = (
     Rule(
         id="bithuman-api-url",
         field="spec.bithuman.apiUrl",
-        message="must be an http:// or https:// URL; remove it for the default API",
-        check=lambda s: s.bithuman is None or s.bithuman.api_url is None or is_url(s.bithuman.api_url),
-        cel="self.startsWith('http://') || self.startsWith('https://')",
+        message="must be an http:// or https:// URL (the scheme in any case), or empty or unset for the "
+        "default API",
+        check=lambda s: s.bithuman is None or api_url_ok(s.bithuman.api_url),
+        cel=f"size(self) == 0 || self.matches(r'{HTTP_URL_ANY_CASE}')",
         scope="spec.bithuman.apiUrl",
     ),
     Rule(
@@ -334,9 +347,25 @@ RULES: tuple[Rule[AvatarSessionSpec], ...] = (
         scope="spec.livekit.url",
     ),
     Rule(
+        id="photo-model",
+        field="spec.model",
+        message="a photo session (spec.avatarImage or spec.avatarImageFrom) runs only on the first-generation "
+        "expression model, and bitHuman refuses any other: set spec.model to expression or remove it, or "
+        "create a bitHuman agent from the photo and set spec.avatarId instead of the image",
+        check=lambda s: (s.avatar_image is None and s.avatar_image_from is None)
+        or s.model is None
+        or s.model is spec_mod.Model.EXPRESSION,
+        cel="!(has(self.avatarImage) || has(self.avatarImageFrom)) || !has(self.model) "
+        f"|| self.model == '{spec_mod.Model.EXPRESSION.value}'",
+        scope="spec",
+    ),
+    Rule(
         id="avatar-identity-non-empty",
         field="spec.avatarParticipant.identity",
-        message="must not be empty: remove it for the default, bithuman-avatar-agent",
+        message=f"must not be empty: remove it for the default, {spec_mod.DEFAULT_AVATAR_IDENTITY} (the "
+        "plugin reads an empty one as its default; here the API server writes the default into the object "
+        "when the field is absent, and an empty one would leave the spec naming another identity than the "
+        "avatar's)",
         check=lambda s: s.avatar_participant.identity != "",
         cel="size(self) > 0",
         scope="spec.avatarParticipant.identity",
@@ -344,7 +373,9 @@ RULES: tuple[Rule[AvatarSessionSpec], ...] = (
     Rule(
         id="avatar-name-non-empty",
         field="spec.avatarParticipant.name",
-        message="must not be empty: remove it for the default, bithuman-avatar-agent",
+        message=f"must not be empty: remove it for the default, {spec_mod.DEFAULT_AVATAR_NAME} (the plugin reads "
+        "an empty one as its default; here the API server writes the default into the object when the field "
+        "is absent, and an empty one would leave the spec naming another name than the avatar's)",
         check=lambda s: s.avatar_participant.name != "",
         cel="size(self) > 0",
         scope="spec.avatarParticipant.name",

@@ -264,9 +264,9 @@ class BithumanSpec(KubeModel):
 
     api_url: Annotated[str, Strict(), StringConstraints(max_length=URL_MAX)] | None = Field(
         default=None,
-        description="The plugin's api_url: where a cloud session is requested. Default: the operator's setting, "
-        f"else {DEFAULT_API_URL}. The default API gets JSON; any other endpoint gets a multipart form "
-        "and honours an `async` query parameter, as in the plugin.",
+        description="The plugin's api_url: where a cloud session is requested, an http:// or https:// URL (the "
+        f"scheme in any case). Unset or empty: the operator's setting, else {DEFAULT_API_URL}. The default API "
+        "gets JSON; any other endpoint gets a multipart form and honours an `async` query parameter, as in the plugin.",
     )
     secret_ref: LocalObjectReference | None = Field(
         default=None,
