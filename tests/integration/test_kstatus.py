@@ -26,6 +26,7 @@ from typing import Any
 
 import kubernetes
 import pytest
+import urllib3
 from livekit import rtc
 
 from tests.conftest import ROOT, Stack
@@ -116,10 +117,15 @@ class Versions:
     def _watch(self, client: Any, ns: str, plural: str) -> None:
         while not self.stopped.is_set():
             w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-            for ev in w.stream(client.list_namespaced_custom_object, GROUP, VERSION, ns, plural, timeout_seconds=3):  # type: ignore[no-untyped-call]
-                obj = ev["object"]
-                with self.lock:
-                    self.seen[(obj["metadata"]["uid"], obj["metadata"]["resourceVersion"])] = obj
+            try:
+                for ev in w.stream(client.list_namespaced_custom_object, GROUP, VERSION, ns, plural, timeout_seconds=3):  # type: ignore[no-untyped-call]
+                    obj = ev["object"]
+                    if ev["type"] == "ERROR":  # an expired watch: the next one lists again
+                        break
+                    with self.lock:
+                        self.seen[(obj["metadata"]["uid"], obj["metadata"]["resourceVersion"])] = obj
+            except (kubernetes.client.ApiException, urllib3.exceptions.HTTPError, OSError):
+                self.stopped.wait(0.5)  # a dropped connection: watch again; a gap shows as a row not seen
 
     def stop(self) -> list[dict[str, Any]]:
         self.stopped.set()
