@@ -142,9 +142,11 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser(
         "validate",
-        help="check AvatarSession manifests offline",
-        description="Checks the AvatarSessions in YAML files against the CRD's rules, without a cluster. "
-        "Other objects are skipped. Exit status 0 when all are valid, else 1, with one line per problem.",
+        help="check AvatarSession and AvatarPool manifests offline",
+        description="Checks the AvatarSessions and AvatarPools in YAML files against the CRD's rules and the API "
+        "server's name rules, without a cluster; every problem of a manifest in one run, and the spec's name for "
+        "a plugin argument name. Other objects are skipped. Exit status 0 when all are valid, else 1, with one "
+        "line per problem.",
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="a YAML file, or - for stdin")
 

@@ -136,6 +136,7 @@ def test_the_command_never_prints_a_traceback(tmp_path: pathlib.Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -162,3 +163,38 @@ def test_run_passes_its_arguments_to_the_operator(monkeypatch: pytest.MonkeyPatc
     assert args.namespace == ["a", "b"] and args.standalone and args.verbose and not args.all_namespaces
     assert args.log_format == "json"
     assert args.liveness == "http://0.0.0.0:8080/healthz"
+
+
+def test_every_problem_of_a_manifest_in_one_run(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Written from the plugin's call: its argument names, a type error, a rule's
+    # problem and a bad name, all in one run.
+    code, lines = run_validate(
+        tmp_path,
+        """\
+apiVersion: avatar-operator.dev/v1alpha1
+kind: AvatarSession
+metadata: {name: Lobby_Avatar}
+spec:
+  room: lobby
+  agentIdentity: agent
+  avatar_image: https://example.com/p.png
+  avatarId: A1
+  model: expression-2
+  avatarImage: https://example.com/p.png
+  api_url: https://api.example.com/launch
+  connection: {maxRetry: three, timeout: 0}
+""",
+        capsys,
+    )
+    assert code == 1
+    assert [line.split(": ")[1] for line in lines] == [
+        "metadata.name", "spec.connection.maxRetry", "spec.avatar_image", "spec.api_url", "spec.model", "spec.connection.timeout",
+    ]
+    assert "did you mean `avatarImage`?" in lines[2] and "did you mean `bithuman.apiUrl`?" in lines[3]
+    assert "set spec.model to expression" in lines[4]
+
+
+def test_the_plugins_api_url_forms_pass(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for url in ("HTTPS://auth.api.bithuman.ai/v1/runtime-tokens/request", "''"):
+        text = GOOD.replace("avatarId: A1}", f"avatarId: A1, bithuman: {{apiUrl: {url}}}}}")
+        assert run_validate(tmp_path, text, capsys) == (0, [])
