@@ -11,7 +11,7 @@ import unicodedata
 from typing import Any
 
 import pytest
-from avatar_operator.api import names, rules, spec, validation
+from avatar_operator.api import names, object_meta, rules, spec, validation
 from avatar_operator.api.rules import Problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -635,7 +635,7 @@ def test_valid_names_pass(name: str) -> None:
     assert validation.validate(named(name)) == []
 
 
-@pytest.mark.parametrize("name", ["Lobby", "lobby_avatar", "-a", "a-", "a..b", "a.-b", "ü", "x" * 254, "a b"])
+@pytest.mark.parametrize("name", ["Lobby", "lobby_avatar", "-a", "a-", "a..b", "a.-b", "ü", "x" * 254, "a b", "a\n"])
 def test_the_api_servers_name_rule(name: str) -> None:
     (problem,) = validation.validate(named(name))
     assert problem.field == "metadata.name" and "253 characters" in problem.message
@@ -645,7 +645,7 @@ def test_the_api_servers_name_rule(name: str) -> None:
 def test_the_name_rule_is_dns_1123_subdomain(name: str) -> None:
     labels = name.split(".")
     valid = all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", label) for label in labels)
-    assert validation.is_subdomain(name) == valid
+    assert object_meta.is_subdomain(name) == valid
 
 
 def test_names_the_operator_derives_must_be_valid_too() -> None:
@@ -654,7 +654,7 @@ def test_names_the_operator_derives_must_be_valid_too() -> None:
     ok = "x" * 253
     assert validation.validate(named(ok)) == []
     bad = "x" * 243 + "." + "y" * 9
-    assert validation.is_subdomain(bad)
+    assert object_meta.is_subdomain(bad)
     problems = validation.validate(named(bad))
     assert {p.field for p in problems} == {"metadata.name"} and "runner pod" in problems[0].message
     assert "at most 246 characters" in problems[0].message

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import pathlib
 import dataclasses
+import pathlib
 import sys
 from collections.abc import Sequence
 from typing import Any
