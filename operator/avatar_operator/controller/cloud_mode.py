@@ -201,22 +201,24 @@ async def _accepted(ctx: context.SessionContext, outcome: bithuman.Accepted, sen
         (f": session {answer.session_id}" if answer.session_id else f": task {answer.task_id}" if answer.task_id else "",
          f" as model {answer.model}" if answer.model else "")
     )
-    await ctx.record(
-        phase=Phase.STARTING,
-        changes=(
-            Change(Cond.CLOUD_REQUEST_ACCEPTED, True, Reason.REQUEST_ACCEPTED, f"bitHuman accepted the request (HTTP {outcome.status}) after {attempts} attempt(s){what}"),
-            ctx.waiting(identity),
-        ),
-        event=(Reason.REQUEST_ACCEPTED, f"bitHuman accepted the request after {attempts} attempt(s){what}"),
-        attempts=attempts,
-        cloud_request=started,
-    )
-    if ctx.body.metadata.get("deletionTimestamp") and cloud_end.is_due(started):
-        # The finalizer may have read the status before this answer came: end it here too (a repeat is harmless).
-        result = await cloud_end.end(ctx.clients, ctx.settings, ctx.ref.namespace, ctx.live_spec(), started)
-        if result is not None:
-            reason, message = cloud_end.describe(started, result)
-            await ctx.record(event=(reason, message), warning=not result.ended)
+    try:
+        await ctx.record(
+            phase=Phase.STARTING,
+            changes=(
+                Change(Cond.CLOUD_REQUEST_ACCEPTED, True, Reason.REQUEST_ACCEPTED, f"bitHuman accepted the request (HTTP {outcome.status}) after {attempts} attempt(s){what}"),
+                ctx.waiting(identity),
+            ),
+            event=(Reason.REQUEST_ACCEPTED, f"bitHuman accepted the request after {attempts} attempt(s){what}"),
+            attempts=attempts,
+            cloud_request=started,
+        )
+    finally:  # also when the session is gone and the write raised Ended
+        if ctx.body.metadata.get("deletionTimestamp") and cloud_end.is_due(started):
+            # The finalizer may have read the status before this answer came: end it here too (a repeat is harmless).
+            result = await cloud_end.end(ctx.clients, ctx.settings, ctx.ref.namespace, ctx.live_spec(), started)
+            if result is not None:
+                reason, message = cloud_end.describe(started, result)
+                ctx.clients.events(ctx.body, reason=reason.value, message=message, warning=not result.ended)
 
 
 def _may_have_started(outcome: bithuman.Outcome | None) -> bool:
