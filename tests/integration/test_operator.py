@@ -204,7 +204,9 @@ def test_cloud_session_reaches_starting_in_two_status_writes(stack: Stack, opera
     assert len(status_writes) == 2, [w.get("conditions") for w in status_writes]
     first = status_writes[0]
     assert first["cloudRequest"]["idempotencyKey"] and first["attempts"] == 1
-    assert {c["type"]: c["status"] for c in first["conditions"]} == {"Accepted": "True", "CredentialsReady": "True", "CloudRequestAccepted": "False"}
+    assert {c["type"]: c["status"] for c in first["conditions"]} == {
+        "Accepted": "True", "CredentialsReady": "True", "CloudRequestAccepted": "False", "Ready": "False", "Reconciling": "True", "Stalled": "False",
+    }
     ready = condition(status_writes[1], "Ready")
     assert ready is not None and ready["reason"] == "WaitingForAvatar"
     assert len(objs) == 1 + 1 + 2, "one ADDED, the finalizer, two status writes"

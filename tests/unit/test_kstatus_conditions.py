@@ -162,3 +162,9 @@ def test_a_pool_reads_as_its_runners(
     assert by_type(conds)["Reconciling"]["status"] == reconciling
     assert by_type(conds)["Stalled"]["status"] == ("True" if failure else "False")
     assert by_type(conds)["Reconciling"]["message"] == by_type(conds)["Ready"]["message"]
+
+
+def test_describe_lists_the_steps_in_order_then_what_kstatus_reads() -> None:
+    scheduled = conditions.Change(Type.RUNNER_SCHEDULED, True, Reason.SCHEDULED, "on n1")
+    conds = settled(Phase.RUNNING, PUBLISHING, ACCEPTED, scheduled)
+    assert [c["type"] for c in conds] == ["Accepted", "RunnerScheduled", "Ready", "Reconciling", "Stalled"]

@@ -23,6 +23,8 @@ Phase = status_mod.Phase
 
 # The steps a session passes, in order: the first one not True is what it waits on.
 SESSION_STEPS = (Type.ACCEPTED, Type.CREDENTIALS_READY, Type.RUNNER_SCHEDULED, Type.CLOUD_REQUEST_ACCEPTED, Type.READY)
+# How `kubectl describe` lists them: the steps in order, then what kstatus reads.
+ORDER = {t: i for i, t in enumerate((*SESSION_STEPS, Type.RECONCILING, Type.STALLED))}
 # No phase yet counts as on its way: the first write is Pending.
 ON_ITS_WAY = (None, Phase.PENDING, Phase.STARTING)
 NOT_IN_ROOM = "the avatar is not in the room yet"
@@ -110,7 +112,7 @@ def settle_session(
         result = set_condition(result, change, generation, now)
     if phase == Phase.SUCCEEDED:
         result = tuple(c for c in result if c.type != Type.READY)
-    return result
+    return tuple(sorted(result, key=lambda c: ORDER.get(c.type, len(ORDER))))
 
 
 def pool_changes(ready: Change, stalled: bool) -> tuple[Change, ...]:
