@@ -6,8 +6,15 @@ applies examples/demo-session.yaml, starts the demo agent (a LiveKit
 participant speaking a WAV file through DataStreamAudioOutput), prints every
 change of the session's status as it happens, and records what the avatar
 publishes as seen by a third participant: demo-output/avatar.mp4 and
-demo-output/contact-sheet.png. The operator, runner and agent keep running so
-the session stays Ready; `make stack-down` stops them.
+demo-output/contact-sheet.png. Then it starts `avatar-operator view` for the
+session and prints the page's URL. The agent keeps speaking (its sample in a
+loop) and the operator, runner and viewer keep running, so the session stays
+Running while someone watches; `make stack-down` stops them.
+
+LiveKit closes a room once only agent participants are left in it (the
+avatar and the agent are agents), after the room's departure timeout: the demo
+creates its room with DEPARTURE_S, so there is time to open the page after
+the recording, and the session ends that long after the last page closes.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import pathlib
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Any
 
 import av
@@ -28,13 +36,17 @@ from livekit import api, rtc
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import stack as stack_mod  # noqa: E402 - hack/stack.py: start/stop processes the way stack-down expects
+import stack as stack_mod  # hack/stack.py: start/stop processes the way stack-down expects
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "demo-output"
 SESSION = ROOT / "examples" / "demo-session.yaml"
 NAMESPACE, NAME, ROOM, AGENT, AVATAR = "avatar-sessions", "demo", "demo-room", "demo-agent", "bithuman-avatar-agent"
 FPS = 25
+# How long the room outlives its last viewer (LiveKit's departure timeout;
+# its default is 20 s), and how long it waits for a first one.
+DEPARTURE_S = 120
+EMPTY_S = 300
 
 
 def read_env() -> dict[str, str]:
@@ -50,7 +62,7 @@ ENV = read_env()
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
     proc = subprocess.run([str(stack_mod.BIN / "kubectl"), "--kubeconfig", ENV["KUBECONFIG"], *args],
-                          input=input, capture_output=True, text=True)
+                          check=False, input=input, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise SystemExit(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
@@ -73,7 +85,7 @@ def summary(st: dict[str, Any]) -> str:
 
 
 def start_operator() -> None:
-    for name in ("demo-agent", "demo-operator"):
+    for name in ("demo-view", "demo-agent", "demo-operator"):
         stack_mod.stop(name)
     env = {
         **ENV,
@@ -85,6 +97,38 @@ def start_operator() -> None:
     }
     stack_mod.start("demo-operator", [sys.executable, "-m", "avatar_operator", "run", "--standalone",
                                       "--namespace", NAMESPACE, "--liveness", "http://127.0.0.1:0/healthz"], env)
+
+
+async def prepare_room() -> None:
+    """The room, made afresh with the demo's timeouts before anyone joins it."""
+    http_url = ENV["LIVEKIT_URL"].replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    lk = api.LiveKitAPI(http_url, ENV["LIVEKIT_API_KEY"], ENV["LIVEKIT_API_SECRET"])
+    try:
+        await lk.room.delete_room(api.DeleteRoomRequest(room=ROOM))
+    except api.TwirpError:
+        pass  # no such room: the usual case
+    try:
+        await lk.room.create_room(api.CreateRoomRequest(name=ROOM, departure_timeout=DEPARTURE_S, empty_timeout=EMPTY_S))
+    finally:
+        await lk.aclose()
+
+
+def start_agent() -> None:
+    """The demo agent, speaking its sample over and over. Its token goes in its
+    environment: a command line is readable by anyone listing processes."""
+    stack_mod.start("demo-agent", [sys.executable, "-m", "avatar_runner.demo_agent", "--url", ENV["LIVEKIT_URL"],
+                                   "--repeat", "100000", "--pause", "1.5"],
+                    {"LIVEKIT_TOKEN": token(AGENT, kind="agent")})
+
+
+def start_viewer() -> str:
+    """`avatar-operator view` for the session, in the background like the operator; its URL."""
+    port = stack_mod.free_port()
+    stack_mod.start("demo-view", [sys.executable, "-m", "avatar_operator", "view", "-n", NAMESPACE, NAME, "--port", str(port)],
+                    {"KUBECONFIG": ENV["KUBECONFIG"], "AVATAR_LIVEKIT_URL": ENV["LIVEKIT_URL"]})
+    base = f"http://127.0.0.1:{port}"
+    stack_mod.wait_for("the viewer's page", lambda: urllib.request.urlopen(f"{base}/healthz", timeout=2).status == 200, 60, log="demo-view")
+    return f"{base}/?session={NAME}"
 
 
 def apply_session() -> None:
@@ -177,11 +221,11 @@ async def main() -> int:
     t0 = time.monotonic()
     print(f"[demo] operator: process launcher, portrait renderer; session {NAMESPACE}/{NAME} in room {ROOM!r}")
     start_operator()
+    await prepare_room()
     recorder = Recorder()
     await recorder.start()
     apply_session()
-    stack_mod.start("demo-agent", [sys.executable, "-m", "avatar_runner.demo_agent", "--url", ENV["LIVEKIT_URL"],
-                                   "--token", token(AGENT, kind="agent"), "--linger", "3600"])
+    start_agent()
     agent_log = stack_mod.LOGS / "demo-agent.log"
     last, ready_at, spoke_at = "", None, None
     deadline = time.monotonic() + 180
@@ -218,7 +262,11 @@ async def main() -> int:
     print(f"  speech played    {'yes' if spoke_at else 'no'}")
     print(f"  frames received  {len(recorder.frames)} in {span:.1f} s ({fps:.1f} fps), audio {sum(map(len, recorder.audio)) / 48000:.1f} s")
     print(f"  saved            {mp4.relative_to(ROOT)}, {sheet.relative_to(ROOT)}")
-    print("  still running    operator, runner and agent (the session stays Ready); `make stack-down` stops them")
+    print("  still running    operator, runner, agent (speaking in a loop) and viewer; `make stack-down` stops them")
+    print(f"  the session runs while a page watches it, and ends {DEPARTURE_S} s after the last one closes "
+          f"(or at its maxDuration); open it within {DEPARTURE_S} s:")
+    print()
+    print(f"  watch it         {start_viewer()}")
     return 0 if ready_at is not None and spoke_at else 1
 
 
