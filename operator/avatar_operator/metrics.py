@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from typing import Any, Protocol
 
 import prometheus_client as prom
@@ -144,28 +144,32 @@ def retried(kind: str) -> None:
 
 
 class PhaseCounts:
-    """Sessions by phase, from the watch of AvatarSessions (every object, at start too).
+    """Sessions by phase, from kopf's index of AvatarSessions by status.phase.
 
     Counted from the objects themselves, not from what this process did: right
-    after an operator restart, the first listing gives every session's phase.
-    A session without a phase yet counts as Pending."""
+    after an operator restart, the first listing gives every session's phase,
+    and a deleted one leaves the index. A session without a phase yet (or one
+    this operator does not know) counts as Pending."""
 
     def __init__(self) -> None:
-        self._phases: dict[str, Phase] = {}
+        self._index: Mapping[str, Sized] = {}
 
-    def observe(self, uid: str, phase: str | None, *, deleted: bool = False) -> None:
-        if deleted:
-            self._phases.pop(uid, None)
-            return
-        try:
-            self._phases[uid] = Phase(phase) if phase else Phase.PENDING
-        except ValueError:
-            self._phases[uid] = Phase.PENDING
+    def follow(self, index: Mapping[str, Sized]) -> None:
+        self._index = index
 
     def counts(self) -> dict[Phase, int]:
+        # Read from the scrape's thread while kopf's loop writes: a copy, again if it moved under us.
+        for _ in range(10):
+            try:
+                groups = [(key, len(objects)) for key, objects in list(self._index.items())]
+                break
+            except RuntimeError:
+                continue
+        else:
+            groups = []
         out = dict.fromkeys(Phase, 0)
-        for phase in self._phases.values():
-            out[phase] += 1
+        for key, n in groups:
+            out[Phase(key) if key in {p.value for p in Phase} else Phase.PENDING] += n
         return out
 
 

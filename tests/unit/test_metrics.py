@@ -88,16 +88,15 @@ async def test_a_credentials_wait_is_counted_once_by_its_reason() -> None:
     assert sample("avatar_operator_credential_waits_total", reason="SecretNotFound") == before + 1
 
 
-def test_sessions_by_phase_counts_objects_and_forgets_deleted_ones() -> None:
+def test_sessions_by_phase_counts_the_index_and_every_phase() -> None:
     phases = metrics.PhaseCounts()
-    phases.observe("a", "Running")
-    phases.observe("b", None)  # no status yet: Pending
-    phases.observe("c", "Starting")
-    phases.observe("c", "Running")
-    phases.observe("d", "Failed")
-    phases.observe("d", "Failed", deleted=True)
-    counts = phases.counts()
-    assert counts == {Phase.PENDING: 1, Phase.STARTING: 0, Phase.RUNNING: 2, Phase.SUCCEEDED: 0, Phase.FAILED: 0}
+    assert phases.counts() == dict.fromkeys(Phase, 0)  # before kopf's index is handed over
+    index: dict[str, list[None]] = {"Running": [None, None], "": [None], "Starting": [], "Bogus": [None]}
+    phases.follow(index)
+    # No phase yet, or one this operator does not know: Pending.
+    assert phases.counts() == {Phase.PENDING: 2, Phase.STARTING: 0, Phase.RUNNING: 2, Phase.SUCCEEDED: 0, Phase.FAILED: 0}
+    index["Running"].pop()
+    assert phases.counts()[Phase.RUNNING] == 1  # a live view, read at each scrape
 
 
 def test_every_known_label_value_has_a_series_from_the_first_scrape() -> None:
