@@ -262,11 +262,12 @@ async def main() -> int:
     print(f"  speech played    {'yes' if spoke_at else 'no'}")
     print(f"  frames received  {len(recorder.frames)} in {span:.1f} s ({fps:.1f} fps), audio {sum(map(len, recorder.audio)) / 48000:.1f} s")
     print(f"  saved            {mp4.relative_to(ROOT)}, {sheet.relative_to(ROOT)}")
+    url = start_viewer()
     print("  still running    operator, runner, agent (speaking in a loop) and viewer; `make stack-down` stops them")
     print(f"  the session runs while a page watches it, and ends {DEPARTURE_S} s after the last one closes "
           f"(or at its maxDuration); open it within {DEPARTURE_S} s:")
     print()
-    print(f"  watch it         {start_viewer()}")
+    print(f"  watch it         {url}")
     return 0 if ready_at is not None and spoke_at else 1
 
 

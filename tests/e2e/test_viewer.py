@@ -27,12 +27,11 @@ from typing import Any
 import pytest
 from avatar_runner.renderers.portrait_face import DRAWN_FACE, SIZE
 from PIL import Image
+from playwright import async_api as playwright_api
 
 from tests.conftest import ROOT, Stack
 from tests.harness import viewer as harness_viewer
 from tests.harness.operator_process import OperatorProcess, operator_env
-
-playwright_api = pytest.importorskip("playwright.async_api")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Root without a user namespace: no sandbox. Audio plays without a click, as after one.
