@@ -135,7 +135,8 @@ class AvatarPoolStatus(KubeModel):
     observed_generation: Int | None = Field(default=None, description="The spec's metadata.generation last acted on.")
     conditions: Annotated[tuple[status_mod.Condition, ...], Field(max_length=8)] | None = Field(
         default=None,
-        description="Ready: every runner the spec asks for is ready.",
+        description="Ready: every runner the spec asks for is ready; kstatus's Reconciling (True while runners "
+        "start) and Stalled (True while a runner fails before it is ready, or the spec is invalid).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 

@@ -169,8 +169,9 @@ class AvatarSessionStatus(KubeModel):
     mode: Mode | None = Field(default=None, description="local (a runner pod renders the avatar) or cloud (bitHuman sends it).")
     conditions: Annotated[tuple[Condition, ...], Field(max_length=16)] | None = Field(
         default=None,
-        description="Accepted, CredentialsReady, RunnerScheduled (local), CloudRequestAccepted (cloud) and Ready "
-        "(the avatar is in the room publishing video).",
+        description="Accepted, CredentialsReady, RunnerScheduled (local), CloudRequestAccepted (cloud), Ready "
+        "(the avatar is in the room publishing video; dropped once Succeeded), and kstatus's Reconciling (True while "
+        "Pending or Starting) and Stalled (True once Failed).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: Int | None = Field(default=None, description="The spec's metadata.generation last acted on.")
