@@ -17,7 +17,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Stack
-from tests.unit.test_rules import CASES, CHANGES, CLOUD, RULES_BY_ID, TRANSITIONS_BY_FIELD, VALID, base64ish, session
+from tests.unit.test_rules import (
+    CASES,
+    CHANGES,
+    CLOUD,
+    RULES_BY_ID,
+    TRANSITIONS_BY_FIELD,
+    VALID,
+    base64ish,
+    session,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -90,6 +99,30 @@ def test_what_validate_accepts_the_apiserver_accepts(ns: str, objects: kubernete
     stored, refusal = dry_run_create(objects, ns, session(spec_))
     assert stored is not None, refusal
     assert stored["spec"] == our_view(session(spec_))
+
+
+def test_a_plugin_argument_name_never_reaches_the_operator(ns: str, objects: kubernetes.client.CustomObjectsApi) -> None:
+    """What the README says of the did-you-mean hint: strict validation (kubectl's
+    default) refuses `model_path`; the server's default (Warn) prunes it, so the
+    stored spec the operator reads has no trace of it, and the rule it breaks
+    is what the operator reports, naming the plugin's argument."""
+    obj = placed(session({"room": "lobby", "agentIdentity": "agent", "model_path": "/models/a.imx"}), ns, "plugin-names")
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        objects.create_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL, obj, dry_run="All", field_validation="Strict")
+    assert 'unknown field "spec.model_path"' in json.loads(refused.value.body)["message"]
+    for mode in ("Warn", "Ignore"):
+        # CEL runs on the pruned object: modelPath is now missing, and the message names model_path.
+        with pytest.raises(kubernetes.client.ApiException) as pruned:
+            objects.create_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL, obj, dry_run="All", field_validation=mode)
+        message = json.loads(pruned.value.body)["message"]
+        assert RULES_BY_ID["local-model-path"].message in message and "`model_path`" in message
+    stored = objects.create_namespaced_custom_object(
+        names.GROUP, names.VERSION, ns, names.PLURAL, placed(session({**CLOUD, "avatar_participant_identity": "me"}), ns, "pruned"),
+        dry_run="All", field_validation="Warn",
+    )
+    assert "avatar_participant_identity" not in stored["spec"]
+    assert stored["spec"]["avatarParticipant"]["identity"] == spec.DEFAULT_AVATAR_IDENTITY
+    assert validation.validate(stored) == []
 
 
 def test_the_largest_image_is_within_the_cel_cost_budget(ns: str, objects: kubernetes.client.CustomObjectsApi) -> None:
