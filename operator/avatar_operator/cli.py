@@ -1,4 +1,4 @@
-"""The `avatar-operator` command: `run`, `crd` and `validate`."""
+"""The `avatar-operator` command: `run`, `crd`, `validate` and `view`."""
 
 from __future__ import annotations
 
