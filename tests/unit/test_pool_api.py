@@ -199,13 +199,13 @@ def test_the_object_itself() -> None:
     no_spec = {k: v for k, v in avatar_pool(MIN).items() if k != "spec"}
     assert validation.validate_pool(no_spec) == [Problem("spec", "required field is missing: an AvatarPool needs a spec")]
     assert validation.validate_pool({**avatar_pool(MIN), "replicas": 2}) == [Problem("replicas", "unknown field: remove it")]
-    # A shape problem comes alone: the rules need a well-formed spec (an empty modelPath is not reported).
-    assert [p.field for p in validation.validate_pool(avatar_pool({"modelPath": "", "colour": 1}))] == ["spec.colour"]
+    # A shape problem and a rule's come in one run, as for sessions.
+    assert [p.field for p in validation.validate_pool(avatar_pool({"modelPath": "", "colour": 1}))] == ["spec.colour", "spec.modelPath"]
 
 
 def test_a_session_is_not_a_pool() -> None:
     session_spec = {"room": "lobby", "agentIdentity": "agent", "poolRef": {"name": "p"}}
-    assert [p.field for p in validation.validate_pool(avatar_pool(session_spec))] == ["spec.room", "spec.agentIdentity", "spec.poolRef"]
+    assert [p.field for p in validation.validate_pool(avatar_pool(session_spec))] == ["spec.room", "spec.agentIdentity", "spec.poolRef", "spec.modelPath"]
 
 
 # --- updates: the transition rules ---------------------------------------------

@@ -71,7 +71,8 @@ def shorten(value: str, limit: int) -> str:
     if len(value) <= limit:
         return value
     digest = hashlib.sha256(value.encode()).hexdigest()[:8]
-    return f"{value[: limit - 9]}-{digest}"
+    # A cut just after a dot would leave ".-": not a DNS name. Names that were valid keep their spelling.
+    return f"{value[: limit - 9].rstrip('.')}-{digest}"
 
 
 def child_name(session: str, suffix: str) -> str:

@@ -229,8 +229,7 @@ class Kind(Generic[S]):
     # The tables are read at each call, so a test can take a rule out of rules.py's.
     table: Callable[[], Sequence[rules.Rule[S]]]
     transitions: Callable[[], Sequence[rules.TransitionRule[S]]]
-    # False: the rules run only on an object without shape problems (AvatarPool's
-    # behaviour so far, which tests/unit/test_pool_api.py holds).
+    # False: the rules run only on an object without shape problems.
     together: bool = True
 
 
@@ -243,7 +242,6 @@ POOL: Kind[pool_mod.AvatarPoolSpec] = Kind(
     pool_mod.parse_pool,
     lambda: rules.POOL_RULES,
     lambda: rules.POOL_TRANSITION_RULES,
-    together=False,
 )
 
 
