@@ -237,13 +237,11 @@ async def _exhausted_uncertain(ctx: context.SessionContext, room: ports.RoomApi,
     )
     changes = (Change(Cond.CLOUD_REQUEST_ACCEPTED, False, Reason.RETRIES_EXHAUSTED, message), Change(Cond.READY, False, Reason.RETRIES_EXHAUSTED, message))
     await ctx.record(phase=Phase.FAILED, changes=changes, event=(Reason.RETRIES_EXHAUSTED, message), warning=True, end_time=ctx.now())
-    async def say_removed() -> None:
+    if await late_avatar.remove_when_it_comes(
+        room, ctx.clients.clock, ctx.stopped, room_name=spec.room, identity=identity, uid=ctx.ref.uid, for_s=guard_s
+    ):
         removed = f"the avatar bitHuman started after the request failed joined room {spec.room!r}; removed it"
         await ctx.record(event=(Reason.LATE_AVATAR_REMOVED, removed), warning=True)
-
-    await late_avatar.remove_when_it_comes(
-        room, ctx.clients.clock, ctx.stopped, room_name=spec.room, identity=identity, uid=ctx.ref.uid, for_s=guard_s, on_removed=say_removed
-    )
     raise context.Ended
 
 

@@ -100,12 +100,10 @@ def watch_for_late_avatar(
             await asyncio.wait_for(flight.done.wait(), for_s)
             if not flight.may_have_started:
                 return
-        async def say_removed() -> None:
+        if await late_avatar.remove_when_it_comes(
+            room, clients.clock, ports.NEVER, room_name=room_name, identity=identity, uid=ref.uid, for_s=for_s
+        ):
             warn(f"an avatar bitHuman started for the deleted session joined room {room_name!r}; removed it")
-
-        await late_avatar.remove_when_it_comes(
-            room, clients.clock, ports.NEVER, room_name=room_name, identity=identity, uid=ref.uid, for_s=for_s, on_removed=say_removed
-        )
 
     task = asyncio.get_running_loop().create_task(watch())
     clients.background.add(task)
