@@ -256,7 +256,11 @@ async def test_the_page_plays_the_avatar_and_shows_the_session(
         page.on("response", keep)
         await pick_session(page, view_url)
         # The avatar publishes video once someone listens: this page, here.
-        await until("the session Running", lambda: asyncio.to_thread(lambda: session_phase(stack, namespace) == "Running"), 90)
+        try:
+            await until("the session Running", lambda: asyncio.to_thread(lambda: session_phase(stack, namespace) == "Running"), 90)
+        except AssertionError as e:
+            status = stack.kubectl("get", "avs", NAME, "-n", namespace, "-o", "jsonpath={.status}", check=False).stdout
+            raise AssertionError(f"{e}; status: {status}; operator log (end): {operator.logs()[-3000:]}") from None
         await until("the video playing", lambda: page.evaluate("document.getElementById('video').videoWidth > 0"), 30)
 
         async def speaking() -> bool:
