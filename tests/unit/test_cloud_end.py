@@ -14,10 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 from avatar_operator import settings as settings_mod
+from avatar_operator.api import spec
 from avatar_operator.api import status as status_mod
 from avatar_operator.build import cloud_answer, cloud_end, cloud_request
 from avatar_operator.clients import bithuman, bithuman_end
-from avatar_operator.controller import cloud_queue, cloud_wait
+from avatar_operator.controller import cloud_queue, cloud_wait, credentials
 
 from tests.fakes.bithuman_api import FakeBithumanAPI
 
@@ -148,9 +149,14 @@ def test_try_admit_counts_the_admitted_at_once() -> None:
 def test_the_budget_comes_from_the_secret_over_the_setting() -> None:
     settings = settings_mod.Settings.from_env({"AVATAR_BITHUMAN_CONCURRENCY": "10"})
     assert cloud_queue.budget(settings, None, None) == 10
-    assert cloud_queue.budget(settings, {"BITHUMAN_CONCURRENCY": " 3\n"}, "bh") == 3
+    assert cloud_queue.budget(settings, " 3\n", "bh") == 3
     with pytest.raises(ValueError, match="Secret 'bh' key BITHUMAN_CONCURRENCY is 'three'"):
-        cloud_queue.budget(settings, {"BITHUMAN_CONCURRENCY": "three"}, "bh")
+        cloud_queue.budget(settings, "three", "bh")
+    # Read with the credentials, from the same Secret read: no second read for the budget.
+    spec_ = spec.parse_spec({"spec": {"room": "r", "agentIdentity": "a", "avatarId": "A1", "bithuman": {"secretRef": {"name": "bh"}}}})
+    secrets = {"bh": {"BITHUMAN_API_SECRET": "s", "BITHUMAN_CONCURRENCY": "3"}}
+    bh = credentials.bithuman(spec_, settings, secrets.get)
+    assert cloud_queue.budget(settings, bh.concurrency, bh.secret_name) == 3
 
 
 def test_the_index_entry_follows_the_status() -> None:

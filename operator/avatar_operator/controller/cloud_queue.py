@@ -27,9 +27,9 @@ import pydantic
 from avatar_operator import settings as settings_mod
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
+from avatar_operator.controller import credentials
 
 Key = tuple[str, str]  # the session's namespace, its bitHuman credential Secret
-BUDGET_KEY = "BITHUMAN_CONCURRENCY"
 _TERMINAL = {status_mod.Phase.SUCCEEDED.value, status_mod.Phase.FAILED.value}
 
 
@@ -107,9 +107,8 @@ def state_of(body: Mapping[str, Any]) -> State:
     return State.BEFORE
 
 
-def budget(settings: settings_mod.Settings, secret: Mapping[str, str] | None, secret_name: str | None) -> int:
-    """The credential's budget (0: none); ValueError naming the Secret key and the fix for a bad one."""
-    raw = (secret or {}).get(BUDGET_KEY)
+def budget(settings: settings_mod.Settings, raw: str | None, secret_name: str | None) -> int:
+    """The credential's budget from its Secret's value `raw` (0: none); ValueError naming the Secret key and the fix."""
     if raw is None or not raw.strip():
         return settings.bithuman.concurrency
     try:
@@ -118,7 +117,7 @@ def budget(settings: settings_mod.Settings, secret: Mapping[str, str] | None, se
         value = -1
     if value < 0:
         raise ValueError(
-            f"Secret {secret_name!r} key {BUDGET_KEY} is {raw.strip()[:20]!r}: write the number of concurrent "
+            f"Secret {secret_name!r} key {credentials.BITHUMAN_CONCURRENCY} is {raw.strip()[:20]!r}: write the number of concurrent "
             "sessions the bitHuman plan allows (a whole number; 0 for no budget)"
         )
     return value

@@ -99,8 +99,7 @@ def _capped(ctx: context.SessionContext, seconds: float) -> float:
 
 
 async def _budget(ctx: context.SessionContext, bh: credentials.BithumanCredentials) -> int:
-    secret = await ctx.clients.kube.read_secret(ctx.ref.namespace, bh.secret_name) if bh.secret_name else None
     try:
-        return cloud_queue.budget(ctx.settings, secret, bh.secret_name)
+        return cloud_queue.budget(ctx.settings, bh.concurrency, bh.secret_name)
     except ValueError as e:
         await ctx.fail(Reason.SECRET_VALUE_INVALID, str(e), Cond.CREDENTIALS_READY)

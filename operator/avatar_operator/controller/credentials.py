@@ -24,6 +24,7 @@ LIVEKIT_KEY = "LIVEKIT_API_KEY"
 LIVEKIT_SECRET = "LIVEKIT_API_SECRET"
 BITHUMAN_SECRET = "BITHUMAN_API_SECRET"
 BITHUMAN_TOKEN = "BITHUMAN_API_TOKEN"
+BITHUMAN_CONCURRENCY = "BITHUMAN_CONCURRENCY"  # optional: the plan's concurrent sessions (controller/cloud_queue)
 
 
 class MissingCredentials(Exception):
@@ -52,6 +53,7 @@ class BithumanCredentials:
     secret_name: str | None  # the Secret a runner pod reads them from (None: operator env)
     api_secret: str | None = dataclasses.field(default=None, repr=False)
     api_token: str | None = dataclasses.field(default=None, repr=False)
+    concurrency: str | None = None  # the Secret's BITHUMAN_CONCURRENCY as written (cloud_queue.budget reads it)
 
 
 CREDENTIAL_KEYS = (LIVEKIT_KEY, LIVEKIT_SECRET, BITHUMAN_SECRET, BITHUMAN_TOKEN)
@@ -143,4 +145,6 @@ def bithuman(
     if problem:
         where = f"Secret {name!r} has neither key" if name else f"create Secret {settings.bithuman.secret_name!r} or set spec.bithuman.secretRef.name"
         raise MissingCredentials(Reason.SECRET_KEY_MISSING if name else Reason.SECRET_NOT_FOUND, f"{problem} ({where})")
-    return BithumanCredentials(api_url=api_url, secret_name=name, api_secret=secret, api_token=token)
+    return BithumanCredentials(
+        api_url=api_url, secret_name=name, api_secret=secret, api_token=token, concurrency=data.get(BITHUMAN_CONCURRENCY)
+    )
