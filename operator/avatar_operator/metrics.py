@@ -59,8 +59,17 @@ RETRIES = prom.Counter(
     "Work done again: a session's worker that raised (kopf runs it again), a pool session placed again after its runner was lost",
     ["kind"],
 )
+WEBHOOK_OUTCOMES = ("woke", "ignored", "refused")
+WEBHOOKS = prom.Counter(
+    "avatar_operator_webhooks_total",
+    "LiveKit webhooks received, by outcome: woke (a session watching that participant or room looks at once), "
+    "ignored (no session waits on it), refused (a bad signature or body: answered 401)",
+    ["outcome"],
+)
 for _phase in (Phase.SUCCEEDED, Phase.FAILED):
     ENDED.labels(phase=_phase.value)
+for _name in WEBHOOK_OUTCOMES:
+    WEBHOOKS.labels(outcome=_name)
 for _reason in CREDENTIAL_REASONS:
     CREDENTIAL_WAITS.labels(reason=_reason.value)
 for _name in CLEANUP_REASONS:
@@ -141,6 +150,10 @@ def cleanup_warning(reason: str) -> None:
 
 def retried(kind: str) -> None:
     RETRIES.labels(kind=kind).inc()
+
+
+def webhook_received(outcome: str) -> None:
+    WEBHOOKS.labels(outcome=outcome).inc()
 
 
 class PhaseCounts:

@@ -93,6 +93,39 @@ class TimingSettings(_Group):
     late_avatar_guard_s: NonNegativeSeconds = Field(60.0, validation_alias="AVATAR_LATE_AVATAR_GUARD")
 
 
+class WebhookSettings(_Group):
+    """LiveKit's webhooks: a receiver that wakes a session's worker when its room changes.
+
+    Off by default (port 0): the worker then polls LiveKit quickly while the
+    avatar comes. On, it polls only every `fallback_poll_s` while waiting, as
+    the fallback when a webhook is lost. livekit-server signs each webhook with
+    one of its keys; the receiver verifies with that key's secret."""
+
+    port: int = Field(0, ge=0, le=65535, validation_alias="AVATAR_WEBHOOK_PORT")
+    bind: str = Field("0.0.0.0", validation_alias="AVATAR_WEBHOOK_BIND")  # a pod: every address it has
+    # The key livekit-server signs with (its `webhook.api_key`); the operator-wide LiveKit key by default.
+    api_key: Credential = Field("", repr=False, validation_alias=AliasChoices("AVATAR_WEBHOOK_API_KEY", "LIVEKIT_API_KEY"))
+    api_secret: Credential = Field("", repr=False, validation_alias=AliasChoices("AVATAR_WEBHOOK_API_SECRET", "LIVEKIT_API_SECRET"))
+    fallback_poll_s: Seconds = Field(3.0, validation_alias="AVATAR_WEBHOOK_FALLBACK_POLL")
+
+    @property
+    def enabled(self) -> bool:
+        return self.port != 0
+
+
+def webhook_problems(webhook: WebhookSettings) -> list[str]:
+    """A receiver that could verify nothing would refuse every webhook: said at start instead."""
+    if webhook.enabled and not (webhook.api_key and webhook.api_secret):
+        return [
+            (
+                f"AVATAR_WEBHOOK_PORT={webhook.port}: the webhook receiver needs the key livekit-server signs with: "
+                "set AVATAR_WEBHOOK_API_KEY and AVATAR_WEBHOOK_API_SECRET (or LIVEKIT_API_KEY and LIVEKIT_API_SECRET), "
+                "or AVATAR_WEBHOOK_PORT=0 to poll only"
+            )
+        ]
+    return []
+
+
 class NamespaceSettings(_Group):
     # Space- or comma-separated; empty: every namespace.
     namespaces: str = Field("", validation_alias="AVATAR_NAMESPACES")
@@ -103,6 +136,7 @@ _GROUPS: dict[str, type[_Group]] = {
     "bithuman": BithumanSettings,
     "runner": RunnerSettings,
     "timing": TimingSettings,
+    "webhook": WebhookSettings,
 }
 
 
@@ -115,6 +149,7 @@ class Settings(pydantic.BaseModel):
     bithuman: BithumanSettings = Field(default_factory=lambda: BithumanSettings.model_validate({}))
     runner: RunnerSettings = Field(default_factory=lambda: RunnerSettings.model_validate({}))
     timing: TimingSettings = Field(default_factory=lambda: TimingSettings.model_validate({}))
+    webhook: WebhookSettings = Field(default_factory=lambda: WebhookSettings.model_validate({}))
     namespaces: tuple[str, ...] = ()
 
     @classmethod
@@ -128,6 +163,8 @@ class Settings(pydantic.BaseModel):
                 groups[name] = group.model_validate(values)
             except pydantic.ValidationError as e:
                 problems += [_describe(err) for err in e.errors()]
+        if "webhook" in groups:
+            problems += webhook_problems(groups["webhook"])
         if problems:
             raise SettingsError("invalid operator settings: " + "; ".join(problems))
         ns = NamespaceSettings.model_validate(values).namespaces

@@ -15,7 +15,7 @@ from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.clients import kube as kube_mod
 from avatar_operator.clients import livekit
-from avatar_operator.controller import claims, cloud_end, cloud_queue, context, credentials, mailbox, pool_worker, pools, ports, storage, teardown, worker
+from avatar_operator.controller import claims, cloud_end, cloud_queue, context, credentials, mailbox, pool_worker, pools, ports, storage, teardown, webhooks, worker
 from avatar_operator.launchers import pool_pod
 
 RESOURCE = (names.GROUP, names.VERSION, names.PLURAL)
@@ -37,6 +37,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     memo.clients = make_clients(memo.settings)
     metrics.PHASES.follow(kwargs["session_phases"])  # kopf's live index, filled by its watch
     memo.cloud_admissions = cloud_queue.Admissions()
+    memo.webhooks = await webhooks.serve(memo.settings.webhook, memo.clients.mailboxes)
 
 
 def make_clients(settings: settings_mod.Settings) -> ports.Clients:
@@ -58,6 +59,9 @@ def make_clients(settings: settings_mod.Settings) -> ports.Clients:
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     clients: ports.Clients = memo.clients
+    receiver: webhooks.Receiver | None = getattr(memo, "webhooks", None)
+    if receiver is not None:
+        await receiver.close()
     for task in list(clients.background):
         task.cancel()
     await clients.launcher.close()

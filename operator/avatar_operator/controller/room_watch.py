@@ -3,6 +3,9 @@
 `Ready` comes from what LiveKit lists, not from a pod's phase. The deadline
 is read from the live spec on every turn, so an edit of maxDuration counts
 within a poll interval, and the operator (not the runner) enforces it.
+With LiveKit's webhooks on (`webhooks`), a webhook about the avatar makes the
+worker ask LiveKit at once, and its own polls while waiting slow to the
+fallback interval.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
     room = ctx.clients.rooms.get(lk.url, lk.api_key, lk.api_secret)
     clock = ctx.clients.clock
     warm = spec.pool_ref is not None
-    presence = decisions.first_presence(ctx.is_true(Cond.READY), warm)
+    ctx.clients.mailboxes.watch_room(ctx.ref.uid, spec.room, identity)
+    presence = first_presence(ctx, ctx.is_true(Cond.READY), warm)
     next_poll = clock.monotonic()
     while True:
         # The deadline first: a runner pod gone because the last operator
@@ -35,12 +39,12 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
             restarts = ctx.status.restarts
             await pool_mode.follow(ctx, spec, lk)
             if ctx.status.restarts != restarts:  # placed again: the avatar comes back
-                presence = decisions.first_presence(False, warm)
+                presence = first_presence(ctx, False, warm)
                 next_poll = clock.monotonic()
         elif spec.mode == spec_mod.Mode.LOCAL:
             await local_mode.follow_pod(ctx, identity)
-        # A runner event wakes the worker early; LiveKit is asked on its own schedule.
-        if clock.monotonic() >= next_poll:
+        # A runner event wakes the worker early; LiveKit is asked on its own schedule, or at once after a webhook.
+        if ctx.mailbox.take_room_changed() or clock.monotonic() >= next_poll:
             presence = await poll_room(ctx, spec, room, identity, presence, keys=lk.source())
             next_poll = clock.monotonic() + presence.interval
         ctx.end_if_stopped()
@@ -48,6 +52,14 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
         timeout = next_poll - clock.monotonic()
         await clock.wait(ctx.mailbox, timeout if left is None else min(timeout, left))
         ctx.end_if_stopped()
+
+
+def first_presence(ctx: context.SessionContext, was_present: bool, warm: bool) -> decisions.Presence:
+    """The poll schedule: quick while waiting, or, while a webhook receiver listens, the slow fallback."""
+    if not ctx.clients.mailboxes.webhooks_live:
+        return decisions.first_presence(was_present, warm)
+    fallback = ctx.settings.webhook.fallback_poll_s
+    return decisions.Presence(was_present=was_present, interval=fallback, growth=1.0)
 
 
 async def poll_room(
