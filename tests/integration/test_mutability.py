@@ -36,7 +36,8 @@ def _ended(stack: Stack, ns: str, name: str) -> dict[str, Any] | None:
 
 def test_every_mutable_field_has_a_test_here() -> None:
     # A field newly marked MUTABLE needs a scenario in this file.
-    assert set(rules.MUTABLE_FIELDS) == {"spec.connection", "spec.maxDuration"}
+    # (spec.ttlSecondsAfterFinished, edited on a finished session: tests/integration/test_ttl.py.)
+    assert set(rules.MUTABLE_FIELDS) == {"spec.connection", "spec.maxDuration", "spec.ttlSecondsAfterFinished"}
 
 
 @pytest.mark.parametrize("mode", ["local", "cloud"])

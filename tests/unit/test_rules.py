@@ -100,10 +100,20 @@ RULE_CASES: dict[str, list[dict[str, Any]]] = {
     "connection-retry-interval": [{**CLOUD, "connection": {"retryInterval": r}} for r in (-0.5, 3601.0)],
     "connection-timeout": [{**CLOUD, "connection": {"timeout": t}} for t in (0, -1.0, 601.0, 1e308)],
     "runner-gpus": [{**LOCAL, "runner": {"gpus": -1}}],
-    "pool-ref-local": [{**CLOUD, "poolRef": {"name": "warm"}}, {**IMAGE, "avatarImage": URL, "poolRef": {"name": "warm"}}],
+    "pool-ref-local": [{**CLOUD, "poolRef": {"name": "warm"}}, {**CLOUD, "avatarImage": URL, "poolRef": {"name": "warm"}}],
     "pool-owns-modelpath": [{**LOCAL, "poolRef": {"name": "warm"}}],
     "pool-owns-modelvolume": [{**IMAGE, "poolRef": {"name": "warm"}, "modelVolume": PVC}],
     "pool-owns-runner": [{**IMAGE, "poolRef": {"name": "warm"}, "runner": {"gpus": 1}}],
+    "avatar-attributes-key-length": [{**CLOUD, "avatarParticipant": {"attributes": {k: "v"}}} for k in ("", "k" * 129, "\u00e9" * 129)],
+    "avatar-attributes-operator-keys": [
+        {**CLOUD, "avatarParticipant": {"attributes": {key: "x"}}}
+        for key in ("lk.publish_on_behalf", names.SESSION_ATTRIBUTE)
+    ],
+    "avatar-attributes-no-credential": [
+        {**CLOUD, "avatarParticipant": {"attributes": {"lk.avatar_provider": "bithuman", key: "x"}}}
+        for key in ("api_secret", "API-SECRET", "Api_Token", "bithuman_api_secret", "x-api-token-2")
+    ],
+    "ttl-seconds-after-finished": [{**CLOUD, "ttlSecondsAfterFinished": n} for n in (-1, -(2**62))],
     # 1e12 overflowed the token's expiry and the deadline: a crash loop minting tokens.
     "max-duration": [{**CLOUD, "maxDuration": d} for d in (0, -5.5, 604801.0, 1e12)],
     # 100 characters the schema takes, 400 bytes LiveKit refuses.
@@ -145,6 +155,14 @@ VALID: list[dict[str, Any]] = [
     {**CLOUD, "room": "\U0001f600" * 64, "avatarParticipant": {"identity": "\u00e9" * 128}},  # exactly 256 bytes
     {**IMAGE, "poolRef": {"name": "warm"}},  # the pool holds the model path
     {**IMAGE, "poolRef": {"name": "warm"}, "maxDuration": 60, "avatarParticipant": {"identity": "a2"}},
+    # A pool session's picture goes to its runner: any model, and no cloud rule.
+    {**IMAGE, "poolRef": {"name": "warm"}, "avatarImage": URL},
+    {**IMAGE, "poolRef": {"name": "warm"}, "avatarImage": PNG_B64, "model": "essence"},
+    {**IMAGE, "poolRef": {"name": "warm"}, "avatarImageFrom": {"secretKeyRef": {"name": "img", "key": "avatar-image"}}},
+    {**CLOUD, "avatarParticipant": {"attributes": {"lk.avatar_provider": "bithuman", "lk.agent.state": "x", "secret": ""}}},
+    {**CLOUD, "avatarParticipant": {"attributes": {f"k{i:0127}": "v" * 1024 for i in range(16)}}},
+    {**CLOUD, "ttlSecondsAfterFinished": 0},
+    {**CLOUD, "ttlSecondsAfterFinished": 2**63 - 1},
 ]
 
 
@@ -198,6 +216,11 @@ def test_valid_specs_pass(spec_: dict[str, Any]) -> None:
         (session({**LOCAL, "runner": {"tolerations": [{"operator": "Maybe"}]}}), "spec.runner.tolerations[0].operator", "'Exists'"),
         (session({**CLOUD, "bithuman": {"secretRef": {"name": "Not_A_Name"}}}), "spec.bithuman.secretRef.name", "pattern"),
         (session({**IMAGE, "avatarImage": "A" * (spec.AVATAR_IMAGE_MAX + 4)}), "spec.avatarImage", "at most 98304"),
+        (session({**CLOUD, "avatarParticipant": {"attributes": {f"k{i}": "v" for i in range(17)}}}), "spec.avatarParticipant.attributes", "at most 16"),
+        (session({**CLOUD, "avatarParticipant": {"attributes": {"k": "v" * 1025}}}), "spec.avatarParticipant.attributes.k", "at most 1024"),
+        (session({**CLOUD, "avatarParticipant": {"attributes": {"k": 1}}}), "spec.avatarParticipant.attributes.k", "valid string"),
+        (session({**CLOUD, "ttlSecondsAfterFinished": 1.5}), "spec.ttlSecondsAfterFinished", "valid integer"),
+        (session({**CLOUD, "ttlSecondsAfterFinished": "60"}), "spec.ttlSecondsAfterFinished", "valid integer"),
         (session("room: lobby"), "spec", "must be an object"),
         ({**session(CLOUD), "extra": 1}, "extra", "unknown field"),
         ({k: v for k, v in session(CLOUD).items() if k != "spec"}, "spec", "required field is missing"),
@@ -446,7 +469,7 @@ def test_the_transition_rules_are_the_immutable_fields_exactly() -> None:
         if spec_mod.mutability(f) is spec_mod.Mutability.IMMUTABLE
     }
     assert {r.field for r in rules.TRANSITION_RULES} == immutable
-    assert set(rules.MUTABLE_FIELDS) == {"spec.connection", "spec.maxDuration"}
+    assert set(rules.MUTABLE_FIELDS) == {"spec.connection", "spec.maxDuration", "spec.ttlSecondsAfterFinished"}
     assert immutable.isdisjoint(rules.MUTABLE_FIELDS)
 
 

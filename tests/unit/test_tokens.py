@@ -60,6 +60,34 @@ def test_token_is_an_agent_joining_one_room_on_behalf_of_the_agent() -> None:
     }
 
 
+def test_spec_attributes_ride_in_the_token_under_the_operators() -> None:
+    token = _mint(
+        spec_attributes={"lk.avatar_provider": "bithuman", "agent_id": "from-the-spec"},
+        extra_attributes={"agent_id": "A23WJF0199"},
+    )
+
+    claims = api.TokenVerifier(API_KEY, API_SECRET).verify(token)
+
+    assert claims.attributes == {
+        ATTRIBUTE_PUBLISH_ON_BEHALF: "agent-xyz",
+        "lk.avatar_provider": "bithuman",
+        "agent_id": "A23WJF0199",  # the operator's value wins
+    }
+
+
+@pytest.mark.parametrize(
+    ("attributes", "words"),
+    [
+        ({ATTRIBUTE_PUBLISH_ON_BEHALF: "someone-else"}, "replace the agent identity"),
+        ({"note": f"x{API_SECRET}x"}, "contains the LiveKit API secret"),
+    ],
+)
+def test_spec_attributes_cannot_replace_the_agent_or_carry_the_secret(attributes: dict[str, str], words: str) -> None:
+    with pytest.raises(ValueError, match=words) as e:
+        _mint(spec_attributes=attributes)
+    assert API_SECRET not in str(e.value)
+
+
 def test_token_does_not_verify_with_another_secret() -> None:
     with pytest.raises(jwt.InvalidSignatureError):
         api.TokenVerifier(API_KEY, "some-other-secret-0123456789abcdef").verify(_mint())

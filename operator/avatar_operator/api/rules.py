@@ -25,6 +25,7 @@ from typing import Generic, Protocol, TypeVar
 
 import pydantic
 
+from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api.pool import AvatarPoolSpec
 from avatar_operator.api.spec import AvatarSessionSpec, Mode
@@ -170,6 +171,30 @@ def _utf8_fits(value: str) -> bool:
     return len(value.encode()) <= LIVEKIT_NAME_MAX_BYTES
 
 
+# --- the avatar's extra attributes ----------------------------------------------
+
+# Set by the operator in every avatar token; a spec may not set them.
+ATTRIBUTE_PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
+OPERATOR_ATTRIBUTES = (ATTRIBUTE_PUBLISH_ON_BEHALF, names.SESSION_ATTRIBUTE)
+# Attributes are readable by the whole room: no key may even look like a
+# bitHuman credential (the plugin leaks its secret there as `api_secret`).
+CREDENTIAL_WORDS = ("api_secret", "api_token")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def names_a_credential(key: str) -> bool:
+    """True when a key spells api_secret or api_token, in any case, with - or _ (CEL's lowerAscii: ASCII only)."""
+    folded = key.translate(_ASCII_LOWER).replace("-", "_")
+    return any(word in folded for word in CREDENTIAL_WORDS)
+
+
+def _attributes(s: AvatarSessionSpec) -> dict[str, str]:
+    return s.avatar_participant.attributes or {}
+
+
+_CREDENTIAL_CEL = " || ".join(f"k.lowerAscii().replace('-', '_').contains('{w}')" for w in CREDENTIAL_WORDS)
+
+
 # The renderer's rules: a local session's and a pool's fields alike.
 MODEL_RULES: tuple[Rule[RendererFields], ...] = (
     Rule(
@@ -267,11 +292,12 @@ RULES: tuple[Rule[AvatarSessionSpec], ...] = (
     ),
     Rule(
         id="pool-ref-local",
-        field="spec.poolRef",
-        message="a pool renders the avatar itself (local mode): remove spec.poolRef for a cloud session, or "
-        "remove spec.avatarId, spec.avatarImage and spec.avatarImageFrom",
-        check=lambda s: s.pool_ref is None or s.mode is Mode.LOCAL,
-        cel=f"!has(self.poolRef) || !({_CLOUD_CEL})",
+        field="spec.avatarId",
+        message="must not be set with spec.poolRef: a pool renders its own model, not a bitHuman agent (a "
+        "gateway picks the pool for an avatar id through AvatarPool.spec.avatarIds); remove spec.avatarId, or "
+        "remove spec.poolRef for a cloud session",
+        check=lambda s: s.pool_ref is None or s.avatar_id is None,
+        cel="!has(self.poolRef) || !has(self.avatarId)",
         scope="spec",
         reason=CelReason.FORBIDDEN,
     ),
@@ -352,10 +378,12 @@ RULES: tuple[Rule[AvatarSessionSpec], ...] = (
         message="a photo session (spec.avatarImage or spec.avatarImageFrom) runs only on the first-generation "
         "expression model, and bitHuman refuses any other: set spec.model to expression or remove it, or "
         "create a bitHuman agent from the photo and set spec.avatarId instead of the image",
+        # A pool session's picture goes to the pool's runner, not to bitHuman's cloud.
         check=lambda s: (s.avatar_image is None and s.avatar_image_from is None)
+        or s.pool_ref is not None
         or s.model is None
         or s.model is spec_mod.Model.EXPRESSION,
-        cel="!(has(self.avatarImage) || has(self.avatarImageFrom)) || !has(self.model) "
+        cel="!(has(self.avatarImage) || has(self.avatarImageFrom)) || has(self.poolRef) || !has(self.model) "
         f"|| self.model == '{spec_mod.Model.EXPRESSION.value}'",
         scope="spec",
     ),
@@ -404,7 +432,45 @@ RULES: tuple[Rule[AvatarSessionSpec], ...] = (
         cel=f"self > 0.0 && self <= {TIMEOUT_MAX_S:.1f}",
         scope="spec.connection.timeout",
     ),
+    Rule(
+        id="avatar-attributes-key-length",
+        field="spec.avatarParticipant.attributes",
+        message=f"keys must be 1 to {spec_mod.ATTRIBUTE_KEY_MAX} characters",
+        check=lambda s: all(0 < len(k) <= spec_mod.ATTRIBUTE_KEY_MAX for k in _attributes(s)),
+        cel=f"self.all(k, size(k) > 0 && size(k) <= {spec_mod.ATTRIBUTE_KEY_MAX})",
+        scope="spec.avatarParticipant.attributes",
+    ),
+    Rule(
+        id="avatar-attributes-operator-keys",
+        field="spec.avatarParticipant.attributes",
+        message=f"must not set {' or '.join(OPERATOR_ATTRIBUTES)}: the operator sets them in the avatar's token "
+        f"({ATTRIBUTE_PUBLISH_ON_BEHALF} from spec.agentIdentity); remove the key",
+        check=lambda s: not any(k in OPERATOR_ATTRIBUTES for k in _attributes(s)),
+        cel=" && ".join(f"!('{k}' in self)" for k in OPERATOR_ATTRIBUTES),
+        scope="spec.avatarParticipant.attributes",
+        reason=CelReason.FORBIDDEN,
+    ),
+    Rule(
+        id="avatar-attributes-no-credential",
+        field="spec.avatarParticipant.attributes",
+        message="must not have a key naming a credential (api_secret or api_token, in any case, with - or _): "
+        "every participant in the room reads the avatar's attributes; remove the key, and keep credentials in "
+        "Secrets (spec.bithuman.secretRef)",
+        check=lambda s: not any(names_a_credential(k) for k in _attributes(s)),
+        cel=f"!self.exists(k, {_CREDENTIAL_CEL})",
+        scope="spec.avatarParticipant.attributes",
+        reason=CelReason.FORBIDDEN,
+    ),
     RUNNER_GPUS,
+    Rule(
+        id="ttl-seconds-after-finished",
+        field="spec.ttlSecondsAfterFinished",
+        message="must be 0 or more: the seconds after the session ends before it is deleted (0: at once); remove "
+        "it to keep the session",
+        check=lambda s: s.ttl_seconds_after_finished is None or s.ttl_seconds_after_finished >= 0,
+        cel="self >= 0",
+        scope="spec.ttlSecondsAfterFinished",
+    ),
     Rule(
         id="max-duration",
         field="spec.maxDuration",
@@ -460,7 +526,7 @@ def _transition_rules(model: type[pydantic.BaseModel], what: str) -> tuple[Trans
 
 # What a running session is made of: every field marked IMMUTABLE in the
 # spec's model. Only the MUTABLE ones may change (spec.connection, counted
-# from the next attempt, and spec.maxDuration).
+# from the next attempt, spec.maxDuration and spec.ttlSecondsAfterFinished).
 IMMUTABLE = _fields(AvatarSessionSpec, spec_mod.IMMUTABLE)
 MUTABLE_FIELDS = tuple(f"spec.{wire}" for wire, _ in _fields(AvatarSessionSpec, spec_mod.MUTABLE))
 TRANSITION_RULES = _transition_rules(AvatarSessionSpec, "session exists: delete the AvatarSession and create it again")

@@ -58,6 +58,11 @@ TEXT_MAX = 1024  # image references, CSI driver options and other short strings
 # images go in a ConfigMap or Secret (spec.avatarImageFrom) or behind a URL.
 AVATAR_IMAGE_MAX = 96 * 1024
 MAP_MAX = 64  # entries in nodeSelector and CSI volumeAttributes
+# The avatar's extra participant attributes: they ride in its room token, a
+# JWT every join carries, so they are kept small.
+ATTRIBUTES_MAX = 16
+ATTRIBUTE_KEY_MAX = 128
+ATTRIBUTE_VALUE_MAX = TEXT_MAX
 LIST_MAX = 32  # tolerations
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -298,6 +303,19 @@ class AvatarParticipantSpec(KubeModel):
     name: Annotated[str, Strict(), StringConstraints(max_length=IDENTITY_MAX)] = Field(
         default=DEFAULT_AVATAR_NAME, description="The plugin's avatar_participant_name: the avatar's display name."
     )
+    # A structural schema cannot bound a map's keys (no propertyNames): their
+    # length is a rule in rules.py, with its CEL.
+    attributes: Annotated[
+        dict[Text, Annotated[str, Strict(), StringConstraints(max_length=ATTRIBUTE_VALUE_MAX)]],
+        Field(max_length=ATTRIBUTES_MAX),
+    ] | None = Field(
+        default=None,
+        description=f"Extra participant attributes of the avatar, put into the room token the operator mints "
+        f"(at most {ATTRIBUTES_MAX}; keys up to {ATTRIBUTE_KEY_MAX} characters, values up to "
+        f"{ATTRIBUTE_VALUE_MAX}), e.g. lk.avatar_provider: bithuman. Every participant in the room reads them, so "
+        "lk.publish_on_behalf (the operator sets it from agentIdentity) and keys naming a credential (api_secret, "
+        "api_token) are refused.",
+    )
 
 
 class ConnectionSpec(KubeModel):
@@ -379,9 +397,10 @@ class RunnerSpec(KubeModel):
 
 
 class AvatarSessionSpec(KubeModel):
-    """A talking avatar in a LiveKit room. Cloud mode (bitHuman's cloud sends the
-    avatar) when avatarId, avatarImage or avatarImageFrom is set, else local mode
-    (a runner pod renders the model at modelPath)."""
+    """A talking avatar in a LiveKit room. Pool mode when poolRef is set (a warm runner of the pool renders it,
+    with avatarImage or avatarImageFrom as its picture if given); else cloud mode (bitHuman's cloud sends the
+    avatar) when avatarId, avatarImage or avatarImageFrom is set, else local mode (a runner pod renders the
+    model at modelPath)."""
 
     room: Annotated[str, Strict(), StringConstraints(max_length=IDENTITY_MAX), IMMUTABLE] = Field(
         description="The LiveKit room the avatar joins. Immutable."
@@ -412,19 +431,21 @@ class AvatarSessionSpec(KubeModel):
     )
     avatar_image: Annotated[Annotated[str, Strict(), StringConstraints(max_length=AVATAR_IMAGE_MAX)] | None, IMMUTABLE] = Field(
         default=None,
-        description="The plugin's avatar_image as a string (cloud mode): an http:// or https:// URL, or base64 "
-        f"image data (at most {AVATAR_IMAGE_MAX} characters). For a file, use avatarImageFrom. Immutable.",
+        description="The plugin's avatar_image as a string (cloud mode, or the picture a pool's runner animates "
+        f"with poolRef): an http:// or https:// URL, or base64 image data (at most {AVATAR_IMAGE_MAX} characters). "
+        "For a file, use avatarImageFrom. Immutable.",
     )
     avatar_image_from: Annotated[ImageSource | None, IMMUTABLE] = Field(
         default=None,
-        description="An image stored in a ConfigMap or Secret (cloud mode): the Kubernetes form of the plugin's "
-        "file path or PIL image. At most one of avatarImage and avatarImageFrom. Immutable.",
+        description="An image stored in a ConfigMap or Secret (cloud mode, or the picture a pool's runner animates "
+        "with poolRef): the Kubernetes form of the plugin's file path or PIL image. At most one of avatarImage and "
+        "avatarImageFrom. Immutable.",
     )
     bithuman: Annotated[BithumanSpec | None, IMMUTABLE] = Field(default=None, description="The bitHuman API and credentials. Immutable.")
     livekit: Annotated[LiveKitSpec | None, IMMUTABLE] = Field(default=None, description="The LiveKit server and credentials. Immutable.")
     avatar_participant: Annotated[AvatarParticipantSpec, IMMUTABLE] = Field(
         default_factory=lambda: AvatarParticipantSpec(),
-        description="The avatar's identity and name in the room. Immutable.",
+        description="The avatar's identity, name and extra attributes in the room. Immutable.",
         json_schema_extra={"default": {}},  # so the apiserver fills in the nested defaults
     )
     connection: Annotated[ConnectionSpec, MUTABLE] = Field(
@@ -440,13 +461,23 @@ class AvatarSessionSpec(KubeModel):
         default=None,
         description="An AvatarPool in the session's namespace (local mode): the session takes a slot in one of "
         "its warm runners instead of starting a runner of its own. The pool holds the renderer, so modelPath, "
-        "modelVolume and runner are not set here. Immutable.",
+        "modelVolume, runner and avatarId are not set here; avatarImage or avatarImageFrom go to the runner as the "
+        "picture to animate. Immutable.",
+    )
+    ttl_seconds_after_finished: Annotated[Int | None, MUTABLE] = Field(
+        default=None,
+        description="Seconds after the session ends (Succeeded or Failed, status.endTime) when the operator deletes "
+        "it, with what it owns (0: at once), as a Job's ttlSecondsAfterFinished. Unset: kept until deleted. May "
+        "change.",
     )
 
     @property
     def mode(self) -> Mode:
         """The plugin's rule (cloud when avatar_image or avatar_id is given), with
-        avatarImageFrom standing for the plugin's file/PIL image."""
+        avatarImageFrom standing for the plugin's file/PIL image; a pool session is
+        local whatever its image: the pool's runner animates the picture."""
+        if self.pool_ref is not None:
+            return Mode.LOCAL
         cloud = self.avatar_id is not None or self.avatar_image is not None or self.avatar_image_from is not None
         return Mode.CLOUD if cloud else Mode.LOCAL
 

@@ -1,14 +1,16 @@
-"""The avatar image in the cloud request: pure, no I/O.
+"""The avatar image in the cloud request and in a pool runner's launch: pure, no I/O.
 
 `image_data` reads the spec's avatarImage as the plugin does (an http(s) URL,
 or strict base64); `jpeg` re-encodes an image from avatarImageFrom as the
-plugin re-encodes a PIL image, after checking its size from its header.
+plugin re-encodes a PIL image, after checking its size from its header;
+`launch_image` is the picture a pool session hands its runner.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import re
 import warnings
@@ -54,6 +56,26 @@ def image_data(image: str) -> bytes | None:
     raise InvalidImageError(
         "avatarImage must be an http:// or https:// URL or strict base64 image data"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchImage:
+    """A pool session's picture as the runner's `/launch` form takes it: a URL the
+    runner fetches (`avatar_image_url`), or the file itself (`avatar_image`)."""
+
+    url: str | None = None
+    data: bytes | None = None
+
+
+def launch_image(avatar_image: str | None, from_cluster: bytes | None) -> LaunchImage:
+    """spec.avatarImage (a URL, or base64 decoded to the file) or the bytes read for
+    spec.avatarImageFrom; the runner checks that the file is an image it can read."""
+    if from_cluster is not None:
+        return LaunchImage(data=from_cluster)
+    if avatar_image is None:
+        return LaunchImage()
+    data = image_data(avatar_image)
+    return LaunchImage(url=avatar_image) if data is None else LaunchImage(data=data)
 
 
 def jpeg(data: bytes) -> bytes:

@@ -15,10 +15,13 @@ from collections.abc import Mapping
 
 from livekit import api
 
-# Same value as livekit.agents.types.ATTRIBUTE_PUBLISH_ON_BEHALF. Defined here
-# because the operator image carries livekit-api only, not livekit-agents; a
-# unit test keeps the two equal.
-ATTRIBUTE_PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
+from avatar_operator.api import rules
+
+# Same value as livekit.agents.types.ATTRIBUTE_PUBLISH_ON_BEHALF. Defined in
+# rules (which refuses it in spec.avatarParticipant.attributes) because the
+# operator image carries livekit-api only, not livekit-agents; a unit test
+# keeps the two equal.
+ATTRIBUTE_PUBLISH_ON_BEHALF = rules.ATTRIBUTE_PUBLISH_ON_BEHALF
 
 
 def token_ttl(
@@ -53,12 +56,16 @@ def avatar_token(
     agent_identity: str,
     ttl: datetime.timedelta,
     extra_attributes: Mapping[str, str] | None = None,
+    spec_attributes: Mapping[str, str] | None = None,
 ) -> str:
     """A signed JWT letting the avatar join `room` and publish for `agent_identity`.
 
-    `extra_attributes` (e.g. `agent_id`) become participant attributes, which
-    every participant in the room can read: one that contains `api_secret` is
-    refused, and so is one that would replace `lk.publish_on_behalf`.
+    `extra_attributes` (the operator's, e.g. `agent_id`) and `spec_attributes`
+    (spec.avatarParticipant.attributes, e.g. `lk.avatar_provider`) become
+    participant attributes, which every participant in the room can read: one
+    that contains the LiveKit API secret is refused, and so is one that would
+    replace `lk.publish_on_behalf`. The operator's win over the spec's: they
+    are what cleanup and the cloud worker read.
     """
     for field, value in (
         ("api_key", api_key),
@@ -73,7 +80,7 @@ def avatar_token(
         raise ValueError(f"ttl must be positive, got {ttl}")
 
     attributes = {ATTRIBUTE_PUBLISH_ON_BEHALF: agent_identity}
-    for key, value in (extra_attributes or {}).items():
+    for key, value in {**(spec_attributes or {}), **(extra_attributes or {})}.items():
         if key == ATTRIBUTE_PUBLISH_ON_BEHALF:
             raise ValueError(
                 f"extra attribute {key!r} would replace the agent identity; "

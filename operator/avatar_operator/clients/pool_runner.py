@@ -19,6 +19,7 @@ from avatar_runner import contract
 PROBE_TIMEOUT_S = 2.0
 CALL_TIMEOUT_S = 10.0
 ACTIVE = frozenset({"pending", "running"})
+IMAGE_FIELD = "avatar_image"  # the launch form's file (runner/avatar_runner/launch_form.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,15 @@ async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
     except (ValueError, aiohttp.ContentTypeError):
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _form(fields: dict[str, str], image: bytes | None) -> dict[str, str] | aiohttp.FormData:
+    if image is None:
+        return fields  # urlencoded
+    # Built at each call: a FormData is consumed by the request that sends it.
+    form = aiohttp.FormData(fields)
+    form.add_field(IMAGE_FIELD, image, filename="avatar-image", content_type="application/octet-stream")
+    return form
 
 
 class RunnerClient:
@@ -99,10 +109,14 @@ class RunnerClient:
             return None
         return {str(t.get("task_id")) for t in tasks if isinstance(t, dict) and t.get("status") in ACTIVE}
 
-    async def launch(self, url: str, token: str, form: dict[str, str], idempotency_key: str) -> str:
-        """The task id of the launch (the same for a repeated key); LaunchRefused or Unreachable."""
+    async def launch(
+        self, url: str, token: str, form: dict[str, str], idempotency_key: str, image: bytes | None = None
+    ) -> str:
+        """The task id of the launch (the same for a repeated key); LaunchRefused or Unreachable.
+
+        With `image`, the form goes multipart with the file as `avatar_image`, as the plugin uploads one."""
         status, body = await self._call(
-            "POST", url + contract.LAUNCH_PATH, token, data=form, headers={"Idempotency-Key": idempotency_key}
+            "POST", url + contract.LAUNCH_PATH, token, data=_form(form, image), headers={"Idempotency-Key": idempotency_key}
         )
         task_id = body.get("task_id")
         if status == 200 and isinstance(task_id, str) and task_id:

@@ -15,6 +15,7 @@ from avatar_operator.api import status as status_mod
 from avatar_operator.build import cloud_answer, cloud_request
 from avatar_operator.clients import bithuman
 from avatar_operator.controller import (
+    avatar_image,
     cloud_end,
     cloud_wait,
     context,
@@ -86,7 +87,7 @@ async def _request(
     default_api = is_default_api(ctx, bh.api_url)
     attributes, request_secret = await _room_credential(ctx, spec, lk, bh, default_api)
     token = ctx.avatar_token(spec, lk.api_key, lk.api_secret, attributes)
-    image = await image_bytes(ctx, spec)
+    image = await avatar_image.from_cluster(ctx, spec, Cond.CLOUD_REQUEST_ACCEPTED)
     try:
         return cloud_request.build_request(
             api_url=bh.api_url,
@@ -244,22 +245,3 @@ async def _exhausted_uncertain(ctx: context.SessionContext, room: ports.RoomApi,
         await ctx.record(event=(Reason.LATE_AVATAR_REMOVED, removed), warning=True)
     raise context.Ended
 
-
-async def image_bytes(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec) -> bytes | None:
-    """The image from spec.avatarImageFrom (None without one); fails the session when it is missing."""
-    src = spec.avatar_image_from
-    if src is None:
-        return None
-    kube = ctx.clients.kube
-    if src.config_map_key_ref is not None:
-        ref = src.config_map_key_ref
-        data = await kube.read_config_map_key(ctx.ref.namespace, ref.name, ref.key)
-        where = f"ConfigMap {ref.name!r} key {ref.key!r}"
-    else:
-        assert src.secret_key_ref is not None
-        ref = src.secret_key_ref
-        data = await kube.read_secret_key(ctx.ref.namespace, ref.name, ref.key)
-        where = f"Secret {ref.name!r} key {ref.key!r}"
-    if data is None:
-        await ctx.fail(Reason.IMAGE_NOT_FOUND, f"spec.avatarImageFrom: {where} not found", Cond.CLOUD_REQUEST_ACCEPTED)
-    return data

@@ -217,6 +217,7 @@ class SessionContext:
             agent_identity=spec.agent_identity,
             ttl=self.token_ttl(spec),
             extra_attributes=attributes,
+            spec_attributes=spec.avatar_participant.attributes,
         )
 
     def waiting(self, identity: str, present: bool = False) -> Change:

@@ -16,8 +16,9 @@ from avatar_operator import metrics
 from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
+from avatar_operator.build import image as image_mod
 from avatar_operator.clients import pool_runner
-from avatar_operator.controller import context, credentials, pools, ports
+from avatar_operator.controller import avatar_image, context, credentials, pools, ports
 
 Phase = status_mod.Phase
 Cond = status_mod.ConditionType
@@ -129,9 +130,12 @@ async def _launch(
         raise _Again
     token = ctx.avatar_token(spec, lk.api_key, lk.api_secret)
     form = {"livekit_url": lk.url, "livekit_token": token, "room_name": spec.room, "async_mode": "true"}
+    image = await _image(ctx, spec)
+    if image.url is not None:
+        form["avatar_image_url"] = image.url
     key = f"{ctx.ref.uid}-{ctx.status.restarts or 0}"
     try:
-        task_id = await pool_runner.RunnerClient(ctx.clients.http).launch(view.url, state.token, form, key)
+        task_id = await pool_runner.RunnerClient(ctx.clients.http).launch(view.url, state.token, form, key, image.data)
     except pool_runner.LaunchRefused as e:
         await _refused(ctx, state, runner, e)
         raise _Again from None
@@ -149,6 +153,15 @@ async def _launch(
         event=(Reason.SLOT_CLAIMED, message),
         runner=status_mod.RunnerPlacement(pool=state.ref.name, pod=runner, task_id=task_id),
     )
+
+
+async def _image(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec) -> image_mod.LaunchImage:
+    """The picture the runner animates (spec.avatarImage or avatarImageFrom); fails the session when it can't be had."""
+    data = await avatar_image.from_cluster(ctx, spec, Cond.RUNNER_SCHEDULED)
+    try:
+        return image_mod.launch_image(spec.avatar_image, data)
+    except image_mod.InvalidImageError as e:  # the CRD's rule admits only URLs and base64: an old object
+        await ctx.fail(Reason.INVALID_SPEC, str(e), Cond.RUNNER_SCHEDULED)
 
 
 async def _refused(ctx: context.SessionContext, state: pools.PoolState, runner: str, e: pool_runner.LaunchRefused) -> None:
