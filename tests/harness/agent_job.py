@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import pathlib
 import signal
@@ -167,3 +168,30 @@ class AgentWorker:
         # Job processes outlive a drained worker only by a bug: take them too.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+# -- what a test checks of the job's room ----------------------------------------
+
+MOUTH_OPEN = 0.05  # share of dark pixels in the mouth region of an open mouth (as test_runner_livekit)
+SETTLE_S = 1.0  # a viewer's first second of video can be a burst: speech starts after it
+
+
+async def participants(env: Mapping[str, str], room: str) -> dict[str, api.ParticipantInfo]:
+    """The room's participants as livekit-server lists them (RoomService), by identity."""
+    async with api.LiveKitAPI(env["LIVEKIT_URL"], env["LIVEKIT_API_KEY"], env["LIVEKIT_API_SECRET"]) as lk:
+        listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+    return {p.identity: p for p in listed.participants}
+
+
+def mouth_figures(video: list[tuple[float, int, float]], speaking: float, spoke: float) -> dict[str, float]:
+    """The mouth on a viewer's frames (tests.harness.viewer.Viewer.video): before the
+    speech (idle) and while it played, and the frame rate while it played."""
+    idle = [m for t, _, m in video if t < speaking and not math.isnan(m)]
+    spoken = [(t, m) for t, _, m in video if speaking <= t <= spoke]
+    opened = [m for _, m in spoken if not math.isnan(m)]
+    return {
+        "idle_max": max(idle, default=float("nan")),
+        "speech_max": max(opened, default=float("nan")),
+        "open_share": sum(m > MOUTH_OPEN for m in opened) / len(opened) if opened else 0.0,
+        "fps": len(spoken) / (spoke - speaking) if spoke > speaking else 0.0,
+    }
