@@ -1,4 +1,4 @@
-"""The `avatar-operator` command: `run`, `crd`, `validate` and `view`."""
+"""The `avatar-operator` command: `run`, `crd`, `validate`, `view` and `gateway`."""
 
 from __future__ import annotations
 
@@ -154,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     from avatar_operator.viewer import arguments as viewer_arguments
 
     viewer_arguments.add_arguments(commands.add_parser("view", help="watch a session's avatar in a browser"))
+    # argparse only here too: the gateway's server loads in main.
+    from avatar_operator.gateway import arguments as gateway_arguments
+
+    gateway_arguments.add_arguments(
+        commands.add_parser("gateway", help="serve the plugin's and LiveKit inference's avatar protocols (settings: AVATAR_GATEWAY_*)")
+    )
     return parser
 
 
@@ -168,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from avatar_operator.viewer import command as viewer_command
 
         return viewer_command.main(args)
+    if args.command == "gateway":
+        from avatar_operator.gateway import command as gateway_command
+
+        return gateway_command.main(args)
     # Imported here: kopf and the handlers load only for the operator itself.
     from avatar_operator import run as run_mod
 

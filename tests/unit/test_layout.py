@@ -16,8 +16,9 @@ LAYERS = ("api", "build", "clients", "launchers", "controller")
 BESIDE = {
     "settings": {"api"},
     "metrics": {"api"},
-    "cli": {"api", "run", "viewer"},  # `run` and `viewer` only when their command is run: kopf loads for the operator alone
+    "cli": {"api", "run", "viewer", "gateway"},  # `run`, `viewer`, `gateway` only when their command is run: kopf loads for the operator alone
     "viewer": {"api", "build", "clients", "controller", "settings"},  # `avatar-operator view`; `run` never imports it
+    "gateway": {"api", "clients", "settings"},  # `avatar-operator gateway`: makes sessions, never runs them
     "run": {"api", "build", "clients", "launchers", "controller", "settings", "metrics"},
     "__main__": {"cli"},
 }

@@ -36,6 +36,26 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 NAME_MAX = 253  # an object name (a DNS subdomain)
 LABEL_VALUE_MAX = 63
 
+# The gateway's names (the shared gateway contract spells them under this prefix). On a
+# Secret, the tenant label "true" makes it a tenant; on a session the gateway made, it
+# names the tenant Secret, and the protocol label says which client asked.
+GATEWAY_PREFIX = "avatar-operator.bithuman.ai"
+GATEWAY_TENANT_LABEL = f"{GATEWAY_PREFIX}/gateway-tenant"
+GATEWAY_PROTOCOL_LABEL = f"{GATEWAY_PREFIX}/gateway-protocol"
+GATEWAY_AVATAR_ID_ANNOTATION = f"{GATEWAY_PREFIX}/gateway-avatar-id"
+GATEWAY_SESSION_PREFIX = "gw-"
+GATEWAY_IMAGE_KEY = "avatar-image"
+
+
+def gateway_session_name(*parts: str) -> str:
+    """The gateway's deterministic session name: a retry of one request finds the same session."""
+    return GATEWAY_SESSION_PREFIX + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def gateway_image_secret_name(session: str) -> str:
+    """The Secret holding an image uploaded with a gateway request (owned by the session)."""
+    return child_name(session, "image")
+
 
 def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
     """What an owned object points back with: the garbage collector deletes it with its owner."""
