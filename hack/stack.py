@@ -42,6 +42,8 @@ STATE = STACK / "state.json"
 # namespaces the tests create.
 SESSIONS_NAMESPACE = "avatar-sessions"
 OPERATOR_NAMESPACE = "avatar-system"
+# The state's names of the ports livekit-server posts its webhooks to.
+WEBHOOK_PORTS = ("webhook", "webhook_2")
 
 # name, gpus. Capacity is generous so benchmarks can burst hundreds of pods.
 NODES: Sequence[tuple[str, int]] = (("kwok-gpu-0", 1), ("kwok-gpu-1", 1), ("kwok-cpu-0", 0))
@@ -337,13 +339,21 @@ def start_livekit(st: dict[str, int | str]) -> None:
     # With the real node, pods reach LiveKit on the node's bridge address, and
     # its ICE candidates name that address (the host reaches it as well).
     node_ip = f"{st['node_subnet']}.1" if st.get("real_node") else ""
+    before = cfg.read_text() if cfg.exists() else ""
     cfg.write_text(
         "port: {port}\nbind_addresses: [{binds}]\n"
         "rtc:\n  tcp_port: {tcp}\n  udp_port: {udp}\n  use_external_ip: false\n  node_ip: {ip}\n"
-        "keys:\n  {key}: {secret}\nlogging:\n  level: info\n".format(
+        "keys:\n  {key}: {secret}\nlogging:\n  level: info\n"
+        # Signed webhooks to the operators' receivers: two fixed ports, so two
+        # test operators at once each get them (tests/harness/operator_process.py).
+        "webhook:\n  api_key: {key}\n  urls:\n{urls}".format(
             port=st["livekit"], tcp=st["livekit_tcp"], udp=st["livekit_udp"], key=st["livekit_key"], secret=st["livekit_secret"],
-            binds="'127.0.0.1'" + (f", '{node_ip}'" if node_ip else ""), ip=node_ip or "127.0.0.1")
+            binds="'127.0.0.1'" + (f", '{node_ip}'" if node_ip else ""), ip=node_ip or "127.0.0.1",
+            urls="".join(f"    - http://127.0.0.1:{st[k]}/webhook\n" for k in WEBHOOK_PORTS))
     )
+    if running("livekit-server") and before != cfg.read_text():
+        say("livekit.yaml changed: restarting livekit-server")
+        stop("livekit-server")
     if not running("livekit-server"):
         start("livekit-server", [str(BIN / "livekit-server"), "--config", str(cfg), "--dev"])
     wait_for("livekit-server", lambda: urllib.request.urlopen(f"http://127.0.0.1:{st['livekit']}/", timeout=2).status == 200, 60, log="livekit-server")
@@ -357,6 +367,8 @@ def write_env(st: dict[str, int | str]) -> None:
         "LIVEKIT_API_SECRET": str(st["livekit_secret"]),
         "AVATAR_STACK_BIN": str(BIN),
         "AVATAR_SESSIONS_NAMESPACE": SESSIONS_NAMESPACE,
+        # Where livekit-server sends its webhooks (an operator's AVATAR_WEBHOOK_PORT), comma-separated.
+        "AVATAR_STACK_WEBHOOK_PORTS": ",".join(str(st[k]) for k in WEBHOOK_PORTS),
     }
     if st.get("real_node"):
         import real_node
@@ -378,9 +390,14 @@ COMPONENTS = ("livekit-server", "kwok", "kube-scheduler", "kube-controller-manag
 
 def load_state() -> dict[str, int | str]:
     if STATE.exists():
-        return dict(json.loads(STATE.read_text()))
+        st = dict(json.loads(STATE.read_text()))
+        if any(k not in st for k in WEBHOOK_PORTS):  # a stack from before the webhooks: their ports, kept from now on
+            st.update({k: free_port() for k in WEBHOOK_PORTS if k not in st})
+            STATE.write_text(json.dumps(st, indent=2))
+        return st
     st: dict[str, int | str] = {
-        k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok", "livekit", "livekit_tcp", "livekit_udp")
+        k: free_port()
+        for k in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok", "livekit", "livekit_tcp", "livekit_udp", *WEBHOOK_PORTS)
     }
     # A LiveKit key pair made for this stack: long and unique, so the secret
     # scans in the security suite can't pass by luck.

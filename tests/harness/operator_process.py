@@ -6,6 +6,7 @@ import contextlib
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,8 +31,15 @@ def operator_env(
     the stack and a fake bitHuman API, then `extra` over them.
 
     The stack's LiveKit credentials are dropped: sessions get theirs from their
-    namespace's Secret (`extra` may put operator-wide ones back)."""
+    namespace's Secret (`extra` may put operator-wide ones back).
+
+    LiveKit's webhooks: the stack's livekit-server posts them to two fixed
+    ports (AVATAR_STACK_WEBHOOK_PORTS); the operator's receiver takes the first
+    one free now, verifying with the stack's key, so two operators at once get
+    them both. A third finds both taken and polls LiveKit as without webhooks
+    (its log says so); `extra={"AVATAR_WEBHOOK_PORT": "0"}` turns the receiver off."""
     env = dict(base)
+    env.update(webhook_env(base))
     for k in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
         env.pop(k, None)
     env.update(
@@ -47,6 +55,29 @@ def operator_env(
     )
     env.update(extra or {})
     return env
+
+
+def webhook_env(base: Mapping[str, str]) -> dict[str, str]:
+    """The receiver's settings for the stack in `base`; none for a stack without webhooks."""
+    ports = [p for p in base.get("AVATAR_STACK_WEBHOOK_PORTS", "").split(",") if p]
+    if not ports or not base.get("LIVEKIT_API_KEY"):
+        return {}
+    return {
+        "AVATAR_WEBHOOK_PORT": next((p for p in ports if port_free(int(p))), ports[0]),
+        "AVATAR_WEBHOOK_BIND": "127.0.0.1",
+        "AVATAR_WEBHOOK_API_KEY": base["LIVEKIT_API_KEY"],
+        "AVATAR_WEBHOOK_API_SECRET": base.get("LIVEKIT_API_SECRET", ""),
+    }
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: a just-killed operator's port counts free
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class OperatorProcess:
