@@ -184,7 +184,15 @@ class GatewayBed:
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Until no session is left and every slot is free."""
-        wait_until("no session and every slot free", lambda: not self.sessions() and self.slots_free(), timeout, 0.3)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [s["metadata"]["name"] for s in self.sessions()]
+            if not left and self.slots_free():
+                return
+            if time.monotonic() > deadline:
+                slots = (self.pool().get("status") or {}).get("slots")
+                raise AssertionError(f"after {timeout:g} s: sessions {left}, pool slots {slots}")
+            time.sleep(0.3)
 
     def wait_session(self, name: str, ctype: str, timeout: float = 60.0) -> dict[str, Any]:
         def holds() -> dict[str, Any] | None:
