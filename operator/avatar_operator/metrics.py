@@ -53,6 +53,9 @@ CLEANUP_REASONS = (CLEANUP_INCOMPLETE, Reason.LATE_AVATAR_REMOVED.value)
 CLEANUP_WARNINGS = prom.Counter(
     "avatar_operator_cleanup_warnings_total", "Warning Events about a session's cleanup, by Event reason", ["reason"]
 )
+TTL_DELETIONS = prom.Counter(
+    "avatar_operator_ttl_deletions_total", "Ended sessions the operator deleted after their spec.ttlSecondsAfterFinished"
+)
 RETRY_KINDS = ("worker_error", "placement")
 RETRIES = prom.Counter(
     "avatar_operator_retries_total",

@@ -179,6 +179,7 @@ NEEDED = [
     ("list", "avatarsessions.avatar-operator.dev", ()),
     ("watch", "avatarsessions.avatar-operator.dev", ()),
     ("patch", "avatarsessions.avatar-operator.dev", ()),
+    ("delete", "avatarsessions.avatar-operator.dev", ()),  # spec.ttlSecondsAfterFinished
     ("patch", "avatarsessions.avatar-operator.dev", ("--subresource=status",)),
     ("update", "avatarsessions.avatar-operator.dev", ("--subresource=finalizers",)),
     # The pool controller: kopf's watch-stream, a session's poolRef read by name, the status it writes.

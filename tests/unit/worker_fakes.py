@@ -224,6 +224,14 @@ class FakeKube:
     async def close(self) -> None:
         self.closed = True
 
+    async def delete_session_by_uid(self, namespace: str, name: str, uid: str) -> bool:
+        stored = self.sessions.get((namespace, name))
+        if (namespace, name) in self.gone or (stored is not None and stored["metadata"].get("uid") != uid):
+            return False
+        self.deleted.append(("AvatarSession", namespace, name))
+        self.delete_session(namespace, name)
+        return True
+
     def delete_session(self, namespace: str, name: str) -> None:
         """The session is deleted: its status can no longer be written."""
         self.gone.add((namespace, name))

@@ -191,6 +191,15 @@ class Kube:
         """Deletes a Secret or Pod; gone already is fine. (verb: delete)"""
         await self.request("DELETE", path(PLURALS[kind], namespace, name), answers=(404,))
 
+    async def delete_session_by_uid(self, namespace: str, name: str, uid: str) -> bool:
+        """Deletes this AvatarSession (a newer one of its name is left alone: the uid is a precondition); its
+        owned objects follow by the garbage collector. False when it is gone or another. (verb: delete
+        avatarsessions)"""
+        p = path(names.PLURAL, namespace, name, group=names.GROUP, version=names.VERSION)
+        options = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}, "propagationPolicy": "Background"}
+        code, _ = await self.request("DELETE", p, options, answers=(404, 409))
+        return code not in (404, 409)
+
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Merge-patches the session's status subresource; False when the session is gone.
         (verb: patch avatarsessions/status)"""

@@ -63,6 +63,17 @@ def deadline(start: datetime.datetime | None, max_duration_s: float | None) -> d
     return start + datetime.timedelta(seconds=max_duration_s)
 
 
+def deletion_due(end: datetime.datetime | None, ttl_s: int | None) -> datetime.datetime | None:
+    """When spec.ttlSecondsAfterFinished deletes an ended session (None: no TTL, not ended, or a due time
+    past the year 9999, which the int64 field allows and datetime cannot hold: such a session is kept)."""
+    if end is None or ttl_s is None:
+        return None
+    try:
+        return end + datetime.timedelta(seconds=max(0, ttl_s))
+    except OverflowError:
+        return None
+
+
 def seconds_until(when: datetime.datetime | None, now: datetime.datetime) -> float | None:
     return None if when is None else (when - now).total_seconds()
 

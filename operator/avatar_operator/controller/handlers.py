@@ -15,7 +15,7 @@ from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
 from avatar_operator.clients import kube as kube_mod
 from avatar_operator.clients import livekit
-from avatar_operator.controller import claims, cloud_end, cloud_queue, context, credentials, mailbox, pool_worker, pools, ports, storage, teardown, webhooks, worker
+from avatar_operator.controller import claims, cloud_end, cloud_queue, context, credentials, mailbox, pool_worker, pools, ports, storage, teardown, ttl, webhooks, worker
 from avatar_operator.launchers import pool_pod
 
 RESOURCE = (names.GROUP, names.VERSION, names.PLURAL)
@@ -126,6 +126,12 @@ async def run_session(
     )
     with metrics.track(ctx):
         await worker.run(ctx)
+
+
+@kopf.daemon(*RESOURCE, when=ttl.applies, cancellation_timeout=5.0, backoff=5.0)
+async def delete_after_ttl(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """An ended session with spec.ttlSecondsAfterFinished: deleted once that has passed since status.endTime."""
+    await ttl.run(memo.clients, body, stopped, logger)
 
 
 @kopf.daemon(*POOL_RESOURCE, cancellation_timeout=30.0, backoff=5.0)
