@@ -49,6 +49,7 @@ POOL_RULE_CASES: dict[str, list[dict[str, Any]]] = {
     "runner-gpus": [{**MIN, "runner": {"gpus": -1}}],
     "pool-replicas": [{**MIN, "replicas": n} for n in (-1, 1001)],
     "pool-sessions-per-runner": [{**MIN, "sessionsPerRunner": n} for n in (0, -3, 65)],
+    "pool-avatar-ids-non-empty": [{**MIN, "avatarIds": ["A91XMB7113", ""]}],
 }
 
 POOL_RULES_BY_ID = {r.id: r for r in rules.POOL_RULES}
@@ -70,6 +71,7 @@ VALID_POOLS: list[dict[str, Any]] = [
     {**MIN, "runner": {"priorityClassName": "avatars", "tolerations": [{"key": "gpu", "operator": "Exists"}]}},
     {**MIN, "replicas": None, "sessionsPerRunner": None, "runner": {"gpus": None}},  # the apiserver drops nulls
     {**MIN, "replicas": 3.0},  # kubectl sends 3.0 as 3
+    {**MIN, "avatarIds": [f"A{i:0255}" for i in range(pool.AVATAR_IDS_MAX)]},
 ]
 
 
@@ -178,6 +180,9 @@ WRONG_TYPES: list[tuple[Any, str, str]] = [
     ({**MIN, "modelVolume": {"persistentVolumeClaim": {}}}, "spec.modelVolume.persistentVolumeClaim.claimName", "required field is missing"),
     ({**MIN, "runner": "big"}, "spec.runner", "must be an object"),
     ("modelPath: /m/a.imx", "spec", "must be an object"),
+    ({**MIN, "avatarIds": [f"A{i}" for i in range(pool.AVATAR_IDS_MAX + 1)]}, "spec.avatarIds", f"at most {pool.AVATAR_IDS_MAX}"),
+    ({**MIN, "avatarIds": ["A" * 257]}, "spec.avatarIds[0]", "at most 256"),
+    ({**MIN, "avatarIds": "A91XMB7113"}, "spec.avatarIds", "valid list"),
 ]
 
 
@@ -237,7 +242,7 @@ def test_an_immutable_pool_field_refuses_a_change(field: str) -> None:
     assert refusing(new, old) == [rule.id]  # setting it again, too
     assert refusing(old, old) == []
     assert rule.message.startswith("cannot change once the pool exists")
-    assert rule.message.endswith("(only spec.replicas and spec.scheduling may change)")
+    assert rule.message.endswith("(only spec.replicas, spec.scheduling and spec.avatarIds may change)")
 
 
 def test_every_pool_transition_rule_has_a_case() -> None:
@@ -252,6 +257,8 @@ def test_every_pool_transition_rule_has_a_case() -> None:
         {**FULL, "scheduling": "Distributed"},
         {k: v for k, v in FULL.items() if k not in ("replicas", "scheduling")},  # back to the defaults
         {**FULL, "replicas": 7, "scheduling": "Distributed"},
+        {**FULL, "avatarIds": ["A91XMB7113", "A23WJF0199"]},
+        {**FULL, "avatarIds": []},
     ],
 )
 def test_replicas_and_scheduling_may_change(new: dict[str, Any]) -> None:
@@ -269,7 +276,7 @@ def test_the_pool_transition_rules_are_the_immutable_fields_exactly() -> None:
     mutable = {f"spec.{f.alias or n}" for n, f in fields.items() if spec.mutability(f) is spec.MUTABLE}
     assert set(POOL_TRANSITIONS_BY_FIELD) == immutable
     assert len(POOL_TRANSITIONS_BY_FIELD) == len(rules.POOL_TRANSITION_RULES)
-    assert mutable == {"spec.replicas", "spec.scheduling"}
+    assert mutable == {"spec.replicas", "spec.scheduling", "spec.avatarIds"}
 
 
 # --- the CRD -------------------------------------------------------------------

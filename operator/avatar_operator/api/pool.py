@@ -22,6 +22,7 @@ from avatar_operator.api.spec import IMMUTABLE, MUTABLE, Int, KubeModel, Text
 
 DEFAULT_REPLICAS = 1
 DEFAULT_SESSIONS_PER_RUNNER = contract.DEFAULT_MAX_SESSIONS
+AVATAR_IDS_MAX = 64  # the gateway scans every pool's list for a request's avatar id
 
 
 class Scheduling(StrEnum):
@@ -93,6 +94,19 @@ class AvatarPoolSpec(KubeModel):
     )
     runner: Annotated[PoolRunnerSpec | None, IMMUTABLE] = Field(
         default=None, description="The runner pods: image, renderer, resources, GPUs, placement. Immutable."
+    )
+    avatar_ids: Annotated[
+        Annotated[
+            list[Annotated[str, Strict(), StringConstraints(max_length=spec_mod.IDENTITY_MAX)]],
+            Field(max_length=AVATAR_IDS_MAX),
+        ]
+        | None,
+        MUTABLE,
+    ] = Field(
+        default=None,
+        description=f"The bitHuman avatar codes (agent ids) this pool serves, at most {AVATAR_IDS_MAX}: the "
+        "gateway (avatar-operator gateway) sends a request for one of them to this pool. Unset or empty: none, "
+        "the pool serves only sessions that name it. The operator itself does not read it. May change.",
     )
 
     @property

@@ -509,7 +509,8 @@ def _unchanged(attr: str) -> Callable[[object, object], bool]:
 
 
 def _transition_rules(model: type[pydantic.BaseModel], what: str) -> tuple[TransitionRule[object], ...]:
-    mutable = " and ".join(f"spec.{wire}" for wire, _ in _fields(model, spec_mod.MUTABLE))
+    *others, last = (f"spec.{wire}" for wire, _ in _fields(model, spec_mod.MUTABLE))
+    mutable = f"{', '.join(others)} and {last}" if others else last
     return tuple(
         TransitionRule(
             id=f"immutable-{wire}",
@@ -555,6 +556,14 @@ POOL_RULES: tuple[Rule[AvatarPoolSpec], ...] = (
         check=lambda s: 0 <= s.replicas <= POOL_REPLICAS_MAX,
         cel=f"self >= 0 && self <= {POOL_REPLICAS_MAX}",
         scope="spec.replicas",
+    ),
+    Rule(
+        id="pool-avatar-ids-non-empty",
+        field="spec.avatarIds",
+        message="must not hold an empty avatar id: list the bitHuman avatar codes the pool serves",
+        check=lambda s: all(s.avatar_ids or ()),
+        cel="self.all(i, size(i) > 0)",
+        scope="spec.avatarIds",
     ),
     Rule(
         id="pool-sessions-per-runner",
