@@ -36,6 +36,7 @@ CHART = ROOT / "charts" / "avatar-operator"
 RELEASE_NAMESPACE = "avatar-system"
 
 NETWORK_POLICY = "pool.networkPolicy.enabled=true"
+GATEWAY = "gateway.enabled=true"
 # Rendered variants: both modes, each alone, with peering and with the pool
 # runners' NetworkPolicy, with the ServiceMonitor on and off.
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -45,6 +46,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "cluster": ("clusterWide=true",),
     "cluster-peering": ("clusterWide=true", "replicaCount=2"),
     "cluster-networkpolicy": ("clusterWide=true", NETWORK_POLICY, "pool.networkPolicy.namespaces={a}"),
+    # The gateway: off in every variant above; on with the chart's signing key and plain HTTP, and
+    # in cluster mode with a given key and TLS.
+    "namespaced-gateway": ("watchNamespaces={a,b}", GATEWAY),
+    "cluster-gateway-tls": ("clusterWide=true", GATEWAY, "gateway.tls.secretName=gw-tls", "gateway.signingKey.secretName=gw-key"),
 }
 
 
@@ -388,6 +393,86 @@ def test_the_rbac_template_names_each_pool_verb(tools: Tools) -> None:
         got = {res: rule["verbs"] for rule in role["rules"] for res in rule["resources"]}
         for resource, verbs in wanted.items():
             assert got.get(resource) == verbs, (kind, resource, got.get(resource))
+
+
+# --- the gateway -----------------------------------------------------------------
+
+GATEWAY_RULES = {
+    "secrets": ["list", "watch", "create", "patch", "delete"],
+    "avatarsessions": ["create", "get", "list", "watch", "delete"],
+    "avatarpools": ["list"],
+}
+
+
+def _gateway_objects(rendered: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(rendered) if d and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "gateway"]
+
+
+def test_the_gateway_is_off_by_default(tools: Tools) -> None:
+    for variant in ("namespaced", "cluster"):
+        assert _gateway_objects(_render(tools, *VARIANTS[variant]).stdout) == []
+
+
+def test_the_gateway_renders_restricted_with_only_its_verbs(tools: Tools) -> None:
+    rendered = _render(tools, *VARIANTS["namespaced-gateway"]).stdout
+    objects = _gateway_objects(rendered)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == ["Deployment", "Role", "Role", "RoleBinding", "RoleBinding", "Secret", "Service", "ServiceAccount"]
+    roles = [o for o in objects if o["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
+    for role in roles:
+        assert {res: rule["verbs"] for rule in role["rules"] for res in rule["resources"]} == GATEWAY_RULES
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["args"] == ["gateway"] and env["AVATAR_GATEWAY_NAMESPACES"] == "a,b"
+    assert env["AVATAR_GATEWAY_SIGNING_KEY_FILE"] == "/var/run/avatar-gateway/signing/signing-key"
+    assert "AVATAR_GATEWAY_TLS_CERT_FILE" not in env and container["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert pod["securityContext"]["runAsNonRoot"] is True and container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Its own ServiceAccount: none of the operator's rights.
+    assert pod["serviceAccountName"] == "rel-avatar-operator-gateway"
+    # The chart-made signing key: a random value, never in an env var.
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    assert len(secret["data"]["signing-key"]) >= 48 and all("valueFrom" not in e for e in container["env"])
+    # The operator's Deployment is untouched by the gateway's selector and the reverse.
+    (operator,) = [d for d in _of_kind(rendered, "Deployment") if d is not deployment and d["metadata"]["name"] == "rel-avatar-operator"]
+    assert operator["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+
+
+def test_the_gateway_in_cluster_mode_with_tls_and_a_given_key(tools: Tools) -> None:
+    objects = _gateway_objects(_render(tools, *VARIANTS["cluster-gateway-tls"]).stdout)
+    assert sorted(o["kind"] for o in objects) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    (role,) = [o for o in objects if o["kind"] == "ClusterRole"]
+    assert {res: rule["verbs"] for rule in role["rules"] for res in rule["resources"]} == GATEWAY_RULES
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AVATAR_GATEWAY_NAMESPACES"] == "" and env["AVATAR_GATEWAY_TLS_CERT_FILE"] == "/var/run/avatar-gateway/tls/tls.crt"
+    assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    volumes = {v["name"]: v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    assert volumes == {"signing-key": "gw-key", "tls": "gw-tls"}
+
+
+def test_the_gateway_installs_with_only_its_grants(stack: Stack, tools: Tools, install: Any, namespace: str) -> None:
+    release = install(f"watchNamespaces={{{namespace}}}", GATEWAY)
+    gateway = f"{release.fullname}-gateway"
+    deployment = json.loads(stack.kubectl("get", "deployment", gateway, "-n", RELEASE_NAMESPACE, "-o", "json").stdout)
+    # Admitted by the `restricted` namespace and marked Running by kwok.
+    assert deployment["status"].get("availableReplicas") == 1
+    key = json.loads(stack.kubectl("get", "secret", f"{gateway}-signing-key", "-n", RELEASE_NAMESPACE, "-o", "json").stdout)
+    assert len(key["data"]["signing-key"]) >= 48
+    user = f"system:serviceaccount:{RELEASE_NAMESPACE}:{gateway}"
+    for resource, verbs in GATEWAY_RULES.items():
+        qualified = resource if resource == "secrets" else f"{resource}.{names.GROUP}"
+        for verb in verbs:
+            assert _can(stack, user, verb, qualified, "-n", namespace), (verb, qualified)
+            assert not _can(stack, user, verb, qualified, "-n", "default"), (verb, qualified)
+    for verb, resource in (("get", "secrets"), ("get", "pods"), ("create", "pods"), ("patch", "avatarsessions.avatar-operator.dev")):
+        assert not _can(stack, user, verb, resource, "-n", namespace), (verb, resource)
+    # The operator's grants are the operator's: it still lists no Secret.
+    _assert_no_wildcards_no_secret_listing(stack, release.user, [namespace, "default", RELEASE_NAMESPACE])
 
 
 # --- the operator itself, with only the chart's grants ------------------------
