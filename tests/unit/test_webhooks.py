@@ -215,3 +215,17 @@ async def test_a_webhook_during_a_question_makes_the_worker_ask_again() -> None:
     h.room.observe = racing  # type: ignore[method-assign]
     await h.run(until=10)
     assert h.kube.first("Running").t == asked[0]
+
+
+async def test_after_a_webhook_the_worker_asks_quickly_again_until_the_video_comes() -> None:
+    h = with_webhooks()
+
+    def joined_without_video() -> None:
+        h.room.avatar_present = True
+        h.boxes.room_changed(ROOM, AVATAR)
+
+    h.clock.at(7.3, joined_without_video)
+    h.clock.at(7.9, h.room.publish)  # the video comes a moment later, and no webhook says so
+    await h.run(until=20)
+    # The quick schedule (0.5 s, then x1.5), not the 3 s fallback.
+    assert 7.9 < h.kube.first("Running").t <= 7.9 + 1.0, h.room.observed

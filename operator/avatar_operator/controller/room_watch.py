@@ -44,9 +44,12 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
         elif spec.mode == spec_mod.Mode.LOCAL:
             await local_mode.follow_pod(ctx, identity)
         # A runner event wakes the worker early; LiveKit is asked on its own schedule, or at once after a webhook.
-        if ctx.mailbox.take_room_changed() or clock.monotonic() >= next_poll:
+        woken = ctx.mailbox.take_room_changed()
+        if woken and not ctx.is_true(Cond.READY):
+            presence = quickened(presence, warm)
+        if woken or clock.monotonic() >= next_poll:
             presence = await poll_room(ctx, spec, room, identity, presence, keys=lk.source())
-            next_poll = clock.monotonic() + presence.interval
+            next_poll = clock.monotonic() + interval(ctx, presence)
         ctx.end_if_stopped()
         await ctx.flush()
         timeout = next_poll - clock.monotonic()
@@ -60,6 +63,20 @@ def first_presence(ctx: context.SessionContext, was_present: bool, warm: bool) -
         return decisions.first_presence(was_present, warm)
     fallback = ctx.settings.webhook.fallback_poll_s
     return decisions.Presence(was_present=was_present, interval=fallback, growth=1.0)
+
+
+def quickened(presence: decisions.Presence, warm: bool) -> decisions.Presence:
+    """After a webhook about the avatar, the quick schedule again until it is seen: its video may
+    come a moment after the event (a second track, a track unmuted), and no webhook says so."""
+    quick = decisions.first_presence(presence.was_present, warm)
+    return decisions.Presence(presence.was_present, presence.absent_since, quick.interval, quick.growth)
+
+
+def interval(ctx: context.SessionContext, presence: decisions.Presence) -> float:
+    """Seconds to the next poll; while webhooks come and the avatar is awaited, never more than the fallback."""
+    if ctx.clients.mailboxes.webhooks_live and not ctx.is_true(Cond.READY):
+        return min(presence.interval, ctx.settings.webhook.fallback_poll_s)
+    return presence.interval
 
 
 async def poll_room(
