@@ -35,8 +35,8 @@ def operator_env(
 
     LiveKit's webhooks: the stack's livekit-server posts them to two fixed
     ports (AVATAR_STACK_WEBHOOK_PORTS); the operator's receiver takes the first
-    one free now, verifying with the stack's key, so two operators at once get
-    them both. A third finds both taken and polls LiveKit as without webhooks
+    one free at each start (OperatorProcess.start), verifying with the stack's
+    key, so two operators at once get them both. A third finds both taken and polls LiveKit as without webhooks
     (its log says so); `extra={"AVATAR_WEBHOOK_PORT": "0"}` turns the receiver off."""
     env = dict(base)
     env.update(webhook_env(base))
@@ -59,15 +59,24 @@ def operator_env(
 
 def webhook_env(base: Mapping[str, str]) -> dict[str, str]:
     """The receiver's settings for the stack in `base`; none for a stack without webhooks."""
-    ports = [p for p in base.get("AVATAR_STACK_WEBHOOK_PORTS", "").split(",") if p]
+    ports = stack_webhook_ports(base)
     if not ports or not base.get("LIVEKIT_API_KEY"):
         return {}
     return {
-        "AVATAR_WEBHOOK_PORT": next((p for p in ports if port_free(int(p))), ports[0]),
+        "AVATAR_WEBHOOK_PORT": free_webhook_port(ports),
         "AVATAR_WEBHOOK_BIND": "127.0.0.1",
         "AVATAR_WEBHOOK_API_KEY": base["LIVEKIT_API_KEY"],
         "AVATAR_WEBHOOK_API_SECRET": base.get("LIVEKIT_API_SECRET", ""),
     }
+
+
+def stack_webhook_ports(env: Mapping[str, str]) -> list[str]:
+    return [p for p in env.get("AVATAR_STACK_WEBHOOK_PORTS", "").split(",") if p]
+
+
+def free_webhook_port(ports: Sequence[str]) -> str:
+    """The first of the stack's webhook ports free now; the first when none is (that operator then polls)."""
+    return next((p for p in ports if port_free(int(p))), ports[0])
 
 
 def port_free(port: int) -> bool:
@@ -120,6 +129,9 @@ class OperatorProcess:
     def start(self) -> None:
         # kopf reads port 0 in a liveness URL as 80: give each process a free port.
         self.liveness_port = free_port()
+        ports = stack_webhook_ports(self.env)
+        if self.env.get("AVATAR_WEBHOOK_PORT") in ports:  # one of the stack's, not turned off: whichever is free now
+            self.env["AVATAR_WEBHOOK_PORT"] = free_webhook_port(ports)
         with open(self.log, "ab") as out:
             out.write(f"\n===== start #{self.starts + 1} at {time.time():.3f} =====\n".encode())
             out.flush()
