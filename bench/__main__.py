@@ -3,6 +3,7 @@
     python -m bench                   # everything (make bench), ~12 min on 2 cores
     python -m bench --quick           # N=100 once, 20 s of speech, k = 1, 2
     python -m bench --only control    # or runner, or pool (warm pool against cold runners)
+    python -m bench --only ready      # cloud create-to-Ready: webhooks and polling only, side by side
     python -m bench --profile DIR     # the operator under a profiler (BENCH_PROFILER=sample|cprofile)
 
 Needs `make stack-up` (reads .stack/env). Leaves nothing behind: its
@@ -158,6 +159,12 @@ def table(res: dict[str, Any]) -> str:
         from bench.pool import table as pool_table
 
         lines += pool_table(res["pool"])
+        if res["pool"].get("polling"):
+            lines += pool_table(res["pool"]["polling"])
+    if res.get("cloud_ready"):
+        from bench.cloud_ready import table as ready_table
+
+        lines += ready_table(res["cloud_ready"])
     tg = res.get("targets") or {}
     if tg:
         lines.append("targets:")
@@ -181,6 +188,8 @@ def merged(res: dict[str, Any], out_path: pathlib.Path, only: str | None) -> dic
         return res
     if only == "pool":
         return {**prev, "pool": res.get("pool")}
+    if only == "ready":
+        return {**prev, "cloud_ready": res.get("cloud_ready")}
     return {**prev, **res}
 
 
@@ -191,7 +200,7 @@ def write(res: dict[str, Any], latencies: dict[str, dict[int, dict[str, list[flo
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(clean(res), indent=2) + "\n")
     png = out_path.with_suffix(".png")
-    if args.only != "pool":  # the plot has no pool panel: a pool-only run leaves it as it is
+    if args.only not in ("pool", "ready"):  # the plot has no pool panel: a pool-only run leaves it as it is
         plot.draw(res, latencies, png)
     return out_path, png
 
@@ -246,11 +255,18 @@ async def main(args: argparse.Namespace) -> int:
         res["machine"]["loadavg_after_runner"] = [round(x, 2) for x in os.getloadavg()]
         write(res, latencies, args)  # kept even if the pool part fails
     if args.only in (None, "pool"):
-        from bench.pool import PoolBench, PoolConfig
+        from bench.pool import PoolBench, PoolConfig, webhooks_and_polling
 
         pcfg = PoolConfig(n=args.pool_n, runners=args.pool_runners, repeats=args.pool_repeats, decoders=args.pool_decoders, budget_s=args.pool_budget)
-        res["pool"] = await PoolBench(stack, artifacts, pcfg).run()
+        if args.pool_polling:  # the operator's webhook receiver on and off, repeats alternating
+            res["pool"] = await webhooks_and_polling(stack, artifacts, pcfg)
+        else:
+            res["pool"] = await PoolBench(stack, artifacts, pcfg).run()
         res["pool"]["machine"] = {k: v for k, v in machine().items() if k != "loadavg_start"}
+    if args.only in (None, "ready"):  # cloud create-to-Ready, webhooks and polling side by side
+        from bench.cloud_ready import CloudReadyBench
+
+        res["cloud_ready"] = await CloudReadyBench(stack, artifacts, n=args.pool_n, repeats=args.pool_repeats).run()
     res["duration_s"] = round(time.monotonic() - started, 1)
     out_path, png = write(res, latencies, args)
     print(table(res if args.only != "pool" else {"pool": res["pool"]}))
@@ -260,7 +276,7 @@ async def main(args: argparse.Namespace) -> int:
 
 def cli() -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("control", "runner", "pool"), help="run one part; the file's other parts are kept")
+    p.add_argument("--only", choices=("control", "runner", "pool", "ready"), help="run one part; the file's other parts are kept")
     p.add_argument("--quick", action="store_true", help="N=100 once per mode, 20 s of speech, k = 1, 2")
     p.add_argument("--sizes", default="cloud=100,500,1000 local=100,500", help="bursts per mode (default: %(default)s)")
     p.add_argument("--repeats", default="100=3,500=1,1000=1", help="repeats per burst size (default: %(default)s)")
@@ -273,6 +289,10 @@ def cli() -> int:
     p.add_argument("--pool-repeats", type=int, default=3, help="warm and cold bursts each, within --pool-budget (default: %(default)s)")
     p.add_argument("--pool-decoders", type=int, default=2, help="rooms whose viewer decodes the video, for fps (default: %(default)s)")
     p.add_argument("--pool-budget", type=float, default=360.0, help="seconds: no new pool repeat past this (default: %(default)s)")
+    p.add_argument(
+        "--pool-polling", action=argparse.BooleanOptionalAction, default=True,
+        help="alternate the pool part's repeats with the operator's webhook receiver on and off, for create-to-Ready from polling beside it (default: on)",
+    )
     p.add_argument("--profile", metavar="DIR", help="run the operator under bench.opprofile, results in DIR")
     p.add_argument("--variant", metavar="NAMES", help="also run the operator with bench.opvariant patches (e.g. lazy-jsonpatch)")
     p.add_argument("--out", default=str(RESULTS / "latest.json"))

@@ -286,6 +286,9 @@ class PoolConfig:
     settle_s: float = 1.0  # after the last Ready, before the window
     budget_s: float = 360.0  # no new repeat once the part would run past this
     ready_timeout_s: float = 120.0
+    # The operator's LiveKit webhook receiver (the stack's port, tests/harness), or polling only.
+    webhooks: bool = True
+    tag: str = ""  # the namespace's suffix, for parts run one after another
 
 
 def secret(ns: str, name: str, data: dict[str, str]) -> dict[str, Any]:
@@ -315,7 +318,7 @@ class PoolBench:
         self.artifacts = artifacts
         self.cfg = cfg
         self.slots = math.ceil(cfg.n / cfg.runners)
-        self.ns = f"bench-{RUN_ID}-pool"
+        self.ns = f"bench-{RUN_ID}-pool" + ("" if cfg.webhooks else "-polling") + cfg.tag
         self.work = artifacts / f"pool-runners-{RUN_ID}"
         self.kube: BenchKube | None = None
         self.op: OperatorProcess | None = None
@@ -398,9 +401,13 @@ class PoolBench:
                 "AVATAR_PROCESS_WORKDIR": str(self.work),
                 "LIVEKIT_API_KEY": self.env["LIVEKIT_API_KEY"],
                 "LIVEKIT_API_SECRET": self.env["LIVEKIT_API_SECRET"],
+                **({} if self.cfg.webhooks else {"AVATAR_WEBHOOK_PORT": "0"}),
             },
         )
-        self.op = OperatorProcess(env, self.artifacts / "pool-operator.log", [self.ns], stop_grace=30.0)
+        if self.cfg.webhooks and not env.get("AVATAR_WEBHOOK_PORT"):
+            raise RuntimeError("the stack sends no webhooks (no AVATAR_STACK_WEBHOOK_PORTS in .stack/env): run `make stack-up`")
+        log_name = "pool-operator.log" if self.cfg.webhooks else "pool-operator-polling.log"
+        self.op = OperatorProcess(env, self.artifacts / log_name, [self.ns], stop_grace=30.0)
         self.op.start()
         await self.watch.start(self.env["KUBECONFIG"], self.ns)
         t0 = time.monotonic()
@@ -525,12 +532,15 @@ class PoolBench:
             ready = {x: self.watch.seen(x, "Ready") for x in names_}
             lat = [t - created[x] for x, t in ready.items() if t is not None]
             media = [r.video_published - created[x] for x, r in zip(names_, rooms) if r.video_published is not None]
+            # The operator's lag behind the media plane, per session (negative: Ready before the viewer saw the track).
+            lag = [t - r.video_published for x, r in zip(names_, rooms) if (t := ready[x]) is not None and r.video_published is not None]
             # Starting: warm, the runner accepted the launch (a task id); cold, the runner process started.
             starting = [t - created[x] for x in names_ if (t := self.watch.seen(x, "phase:Starting")) is not None]
             result |= {
                 "starting": stats.summary_ms(starting),
                 "ready": stats.summary_ms(lat),
                 "video_at_viewer": stats.summary_ms(media),
+                "ready_after_video": stats.summary_ms(lag),
                 "ready_s_each": sorted(round(v, 2) for v in lat),
                 "incomplete": len(missing),
                 "failed": sum(1 for x in names_ if self.watch.seen(x, "phase:Failed") is not None),
@@ -574,6 +584,7 @@ class PoolBench:
             "n": self.cfg.n, "runners": self.cfg.runners, "sessions_per_runner": self.slots,
             "decoding_viewers": self.cfg.decoders, "window_s": self.cfg.window_s,
             "ready_detection": "watch on AvatarSessions (own process), first Ready=True; from monotonic time before each create request",
+            "readiness": "webhooks" if self.cfg.webhooks else "polling",
         }
         runs: list[dict[str, Any]] = []
         try:
@@ -593,10 +604,35 @@ class PoolBench:
         finally:
             await self.teardown()
         out |= summarize(runs, self.cfg.n)
+        if self.cfg.webhooks and self.op is not None:  # the receiver listened (not a port another operator held)
+            out["webhook_receiver"] = "webhook receiver on" in self.op.logs()
         out["runs"] = runs
         out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         out["duration_s"] = round(time.monotonic() - started, 1)
         return out
+
+
+async def webhooks_and_polling(stack: Stack, artifacts: pathlib.Path, cfg: PoolConfig) -> dict[str, Any]:
+    """The part with the operator's webhook receiver on and off, alternating one repeat of each
+    (each its own namespace, operator and pool), so both see the machine's load of the moment.
+    The webhooks' figures are the part's; the polling ones beside them under `polling`."""
+    parts: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    for rep in range(cfg.repeats):
+        for on in ((True, False) if rep % 2 == 0 else (False, True)):
+            one = dataclasses.replace(cfg, repeats=1, webhooks=on, tag=f"-{rep}", budget_s=math.inf)
+            parts[on].append(await PoolBench(stack, artifacts, one).run())
+    out: dict[str, dict[str, Any]] = {}
+    for on, done in parts.items():
+        runs = [r | {"rep": i} for i, d in enumerate(done) for r in d.get("runs") or []]
+        first = done[0]
+        out[on] = {k: v for k, v in first.items() if k not in ("runs", "warm", "cold", "runner_cost", "cold_over_warm_p50", "cold_over_warm_p99")}
+        out[on] |= summarize(runs, cfg.n) | {"runs": runs, "repeats_alternated": True}
+        out[on]["loadavg_each"] = [[d.get("loadavg_start"), d.get("loadavg_end")] for d in done]
+        out[on]["duration_s"] = round(sum(d.get("duration_s") or 0 for d in done), 1)
+        errors = [d["error"] for d in done if d.get("error")]
+        if errors:
+            out[on]["error"] = "; ".join(errors)
+    return out[True] | {"polling": out[False]}
 
 
 def summarize(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
@@ -615,6 +651,8 @@ def summarize(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
             "ready_p99_ms": _median([r["ready"]["p99_ms"] for r in rs]),
             "video_at_viewer_p50_ms": _median([r["video_at_viewer"]["p50_ms"] for r in rs]),
             "video_at_viewer_p99_ms": _median([r["video_at_viewer"]["p99_ms"] for r in rs]),
+            "ready_after_video_p50_ms": _median([r.get("ready_after_video", {}).get("p50_ms", math.nan) for r in rs]),
+            "ready_after_video_p99_ms": _median([r.get("ready_after_video", {}).get("p99_ms", math.nan) for r in rs]),
             "viewer_fps_median": _median(fps),
             "viewer_fps_min": min(fps) if fps else math.nan,
             "incomplete": sum(r.get("incomplete", 0) for r in rs),
@@ -654,14 +692,14 @@ def table(p: dict[str, Any]) -> list[str]:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.{d}f}"
 
     head = (f"pool: {p.get('runners')} runner(s) x {p.get('sessions_per_runner')} slots ({p.get('renderer')}), bursts of N={p.get('n')}, "
-            f"pool Ready {f(p.get('pool_ready_s'), 1)} s after its create; medians of repeats")
+            f"pool Ready {f(p.get('pool_ready_s'), 1)} s after its create; Ready from {p.get('readiness', 'polling')}; medians of repeats")
     lines = [head]
     for kind in ("warm", "cold"):
         k = p.get(kind)
         if k:
             lines.append(
                 f"  {kind}: create -> Starting p50 {f(k['starting_p50_ms'])} ms; -> Ready p50 {f(k['ready_p50_ms'])} ms, p99 {f(k['ready_p99_ms'])} ms; video at the viewer p50 {f(k['video_at_viewer_p50_ms'])} ms, "
-                f"p99 {f(k['video_at_viewer_p99_ms'])} ms; viewer fps {f(k['viewer_fps_median'], 2)} (min {f(k['viewer_fps_min'], 2)}); repeats {k['repeats']}"
+                f"p99 {f(k['video_at_viewer_p99_ms'])} ms; Ready after the video p50 {f(k.get('ready_after_video_p50_ms'))} ms; viewer fps {f(k['viewer_fps_median'], 2)} (min {f(k['viewer_fps_min'], 2)}); repeats {k['repeats']}"
                 + (f"; {k['incomplete']} not Ready" if k.get("incomplete") else "")
                 + (f"; {k['ended_early']} ended on their own" if k.get("ended_early") else "")
             )
