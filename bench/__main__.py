@@ -4,6 +4,7 @@
     python -m bench --quick           # N=100 once, 20 s of speech, k = 1, 2
     python -m bench --only control    # or runner, or pool (warm pool against cold runners)
     python -m bench --only ready      # cloud create-to-Ready: webhooks and polling only, side by side
+    python -m bench --only gateway    # the gateway's request-to-success per protocol, warm pool
     python -m bench --profile DIR     # the operator under a profiler (BENCH_PROFILER=sample|cprofile)
 
 Needs `make stack-up` (reads .stack/env). Leaves nothing behind: its
@@ -165,6 +166,10 @@ def table(res: dict[str, Any]) -> str:
         from bench.cloud_ready import table as ready_table
 
         lines += ready_table(res["cloud_ready"])
+    if res.get("gateway"):
+        from bench.gateway import table as gateway_table
+
+        lines += gateway_table(res["gateway"])
     tg = res.get("targets") or {}
     if tg:
         lines.append("targets:")
@@ -190,6 +195,8 @@ def merged(res: dict[str, Any], out_path: pathlib.Path, only: str | None) -> dic
         return {**prev, "pool": res.get("pool")}
     if only == "ready":
         return {**prev, "cloud_ready": res.get("cloud_ready")}
+    if only == "gateway":
+        return {**prev, "gateway": res.get("gateway")}
     return {**prev, **res}
 
 
@@ -200,7 +207,7 @@ def write(res: dict[str, Any], latencies: dict[str, dict[int, dict[str, list[flo
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(clean(res), indent=2) + "\n")
     png = out_path.with_suffix(".png")
-    if args.only not in ("pool", "ready"):  # the plot has no pool panel: a pool-only run leaves it as it is
+    if args.only not in ("pool", "ready", "gateway"):  # the plot has no pool panel: a pool-only run leaves it as it is
         plot.draw(res, latencies, png)
     return out_path, png
 
@@ -267,6 +274,10 @@ async def main(args: argparse.Namespace) -> int:
         from bench.cloud_ready import CloudReadyBench
 
         res["cloud_ready"] = await CloudReadyBench(stack, artifacts, n=args.pool_n, repeats=args.pool_repeats).run()
+    if args.only in (None, "gateway"):
+        from bench.gateway import GatewayBench
+
+        res["gateway"] = await GatewayBench(stack, artifacts, n=args.gateway_n, repeats=args.gateway_repeats).run()
     res["duration_s"] = round(time.monotonic() - started, 1)
     out_path, png = write(res, latencies, args)
     print(table(res if args.only != "pool" else {"pool": res["pool"]}))
@@ -276,7 +287,7 @@ async def main(args: argparse.Namespace) -> int:
 
 def cli() -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("control", "runner", "pool", "ready"), help="run one part; the file's other parts are kept")
+    p.add_argument("--only", choices=("control", "runner", "pool", "ready", "gateway"), help="run one part; the file's other parts are kept")
     p.add_argument("--quick", action="store_true", help="N=100 once per mode, 20 s of speech, k = 1, 2")
     p.add_argument("--sizes", default="cloud=100,500,1000 local=100,500", help="bursts per mode (default: %(default)s)")
     p.add_argument("--repeats", default="100=3,500=1,1000=1", help="repeats per burst size (default: %(default)s)")
@@ -293,6 +304,8 @@ def cli() -> int:
         "--pool-polling", action=argparse.BooleanOptionalAction, default=True,
         help="alternate the pool part's repeats with the operator's webhook receiver on and off, for create-to-Ready from polling beside it (default: on)",
     )
+    p.add_argument("--gateway-n", type=int, default=5, help="the gateway part's pool slots and requests per run (default: %(default)s)")
+    p.add_argument("--gateway-repeats", type=int, default=3, help="the gateway part's repeats per protocol (default: %(default)s)")
     p.add_argument("--profile", metavar="DIR", help="run the operator under bench.opprofile, results in DIR")
     p.add_argument("--variant", metavar="NAMES", help="also run the operator with bench.opvariant patches (e.g. lazy-jsonpatch)")
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
