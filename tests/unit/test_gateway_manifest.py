@@ -7,16 +7,7 @@ from typing import Any
 
 import pytest
 from avatar_operator.api import names
-from avatar_operator.gateway import (
-    errors,
-    image_input,
-    session_manifest,
-    session_state,
-    settings,
-    tenants,
-    terminate,
-)
-from avatar_operator.gateway import metrics as gateway_metrics
+from avatar_operator.gateway import errors, image_input, session_manifest, tenants
 
 TENANT = tenants.Tenant(
     namespace="team-a", name="acme", livekit_api_key="k", livekit_api_secret="s", default_pool="warm", max_duration=90.0
@@ -121,62 +112,3 @@ def test_the_pool_is_picked_by_avatar_id_then_the_default() -> None:
     with pytest.raises(errors.Refusal) as caught:
         session_manifest.choose_pool(pools, "Z", bare, "avatar_id")
     assert caught.value.field == "avatar_id" and "'Z'" in caught.value.message and "spec.avatarIds" in caught.value.message
-
-
-def test_terminate_tokens() -> None:
-    key = b"k" * 32
-    token = terminate.token(key, "team-a/gw-1", "uid-1")
-    assert terminate.valid(key, "team-a/gw-1", "uid-1", token)
-    assert not terminate.valid(key, "team-a/gw-1", "uid-2", token)  # a later session of that name
-    assert not terminate.valid(key, "team-a/gw-2", "uid-1", token)
-    assert not terminate.valid(b"x" * 32, "team-a/gw-1", "uid-1", token)
-    assert not terminate.valid(key, "team-a/gw-1", "uid-1", token[:-1] + ("0" if token[-1] != "0" else "1"))
-
-
-def cond(type_: str, status: str, reason: str = "R", message: str = "m") -> dict[str, str]:
-    return {"type": type_, "status": status, "reason": reason, "message": message}
-
-
-def test_what_a_session_status_says() -> None:
-    S = session_state.State
-    assert session_state.seen({"metadata": {}}).state is S.WAITING
-    waiting = {"metadata": {}, "status": {"phase": "Pending", "conditions": [cond("RunnerScheduled", "False", "PoolExhausted")]}}
-    assert session_state.seen(waiting).state is S.WAITING
-    scheduled = {"metadata": {}, "status": {"phase": "Starting", "conditions": [cond("RunnerScheduled", "True")]}}
-    assert session_state.seen(scheduled).state is S.SCHEDULED
-    failed = {"metadata": {}, "status": {"phase": "Failed", "conditions": [cond("Accepted", "False", "InvalidSpec", "spec.x: bad")]}}
-    seen = session_state.seen(failed)
-    assert (seen.state, seen.reason, seen.message, seen.caller_at_fault) == (S.FAILED, "InvalidSpec", "spec.x: bad", True)
-    assert session_state.seen({"metadata": {}, "status": {"phase": "Succeeded"}}).state is S.FINISHED
-    assert session_state.seen({"metadata": {"deletionTimestamp": "t"}, "status": scheduled["status"]}).state is S.DELETING
-
-
-def test_settings(tmp_path: Any) -> None:
-    key = tmp_path / "key"
-    key.write_bytes(b"0123456789abcdef0123\n")
-    s = settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(key), "AVATAR_GATEWAY_NAMESPACES": "a, b"})
-    assert (s.port, s.admission_wait_s, s.retry_after_s, s.max_body_bytes) == (8090, 5.0, 2, 8388608)
-    assert s.namespace_list() == ("a", "b") and s.signing_key() == b"0123456789abcdef0123"
-    with pytest.raises(ValueError, match="AVATAR_GATEWAY_SIGNING_KEY_FILE"):
-        settings.from_env({})
-    with pytest.raises(ValueError, match="AVATAR_GATEWAY_ADMISSION_WAIT_S"):
-        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(key), "AVATAR_GATEWAY_ADMISSION_WAIT_S": "soon"})
-    with pytest.raises(ValueError, match="TLS_KEY_FILE"):
-        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(key), "AVATAR_GATEWAY_TLS_CERT_FILE": "/c"})
-    short = tmp_path / "short"
-    short.write_bytes(b"tiny")
-    with pytest.raises(ValueError, match="at least 16 bytes"):
-        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(short)}).signing_key()
-
-
-def test_metric_outcomes() -> None:
-    assert [gateway_metrics.outcome(s) for s in (200, 400, 401, 403, 413, 503, 500, 422)] == [
-        "ok",
-        "bad_request",
-        "unauthorized",
-        "forbidden",
-        "too_large",
-        "unavailable",
-        "error",
-        "bad_request",
-    ]

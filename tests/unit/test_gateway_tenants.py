@@ -103,3 +103,31 @@ def test_keys_match_whole_keys_only() -> None:
     assert keys.matches("b", ("a", "b")) and not keys.matches("b ", ("a", "b")) and not keys.matches("", ())
     assert keys.bearer("Bearer  tok ") == "tok" and keys.bearer("bearer tok") == "tok"
     assert keys.bearer("Basic tok") is None and keys.bearer("Bearer ") is None and keys.bearer(None) is None
+
+
+def test_one_tenant_per_key() -> None:
+    from avatar_operator.gateway import context, errors
+
+    a = tenants.from_secret(secret(**FULL))
+    b = tenants.from_secret(secret("copy", "team-b", **FULL))
+    assert context.one_tenant([a], "the key") is a
+    for found, message in (([], "not registered by any tenant"), ([a, b], "more than one tenant (team-a/acme, team-b/copy)")):
+        with pytest.raises(errors.Refusal) as caught:
+            context.one_tenant(found, "the key")
+        assert caught.value.status == 401 and message in caught.value.message
+
+
+def test_task_ids_and_the_tenants_livekit_url() -> None:
+    from avatar_operator.gateway import context, errors
+
+    assert context.split_session_id("ns/gw-1", "task_id") == ("ns", "gw-1")
+    assert context.split_session_id("ns.gw-1", "task_id") == ("ns", "gw-1")
+    for bad in ("gw-1", "/gw-1", "ns/"):
+        with pytest.raises(errors.Refusal) as caught:
+            context.split_session_id(bad, "task_id")
+        assert caught.value.field == "task_id"
+    t = tenants.from_secret(secret(**FULL))
+    context.check_livekit_url(t, "ws://livekit:7880/")
+    with pytest.raises(errors.Refusal) as caught:
+        context.check_livekit_url(t, "ws://elsewhere:7880")
+    assert caught.value.field == "livekit_url"

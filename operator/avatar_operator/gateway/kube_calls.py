@@ -47,10 +47,16 @@ class GatewayKube(kube_mod.Kube):
         ) as resp:
             if resp.status >= 400:
                 raise kube_mod.ApiError("GET", path, resp.status, await resp.text())
-            async for line in resp.content:
-                if line.strip():
-                    event = json.loads(line)
-                    yield str(event.get("type")), dict(event.get("object") or {})
+            # Split by hand: aiohttp's line iterator refuses lines over 64 KiB, and one
+            # event is one line however large its object.
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        event = json.loads(line)
+                        yield str(event.get("type")), dict(event.get("object") or {})
 
     def watch_tenant_secrets(self, namespace: str | None, resource_version: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(verb: watch secrets)"""
