@@ -22,8 +22,11 @@ Measured per burst:
   process of its own, `python -m bench.pool watch`, so its timestamps do not
   wait for the bench's LiveKit event loop) first shows its Ready condition
   True. Ready is the operator's: LiveKit lists the avatar publishing video,
-  as the operator's LiveKit polls find it (first at once, then every 0.75 s
-  growing x1.5 up to 5 s);
+  as the operator's LiveKit polls find it (first at once, then on a growing
+  schedule), or at once after LiveKit's webhook about the avatar when the
+  operator's receiver is on (`webhooks_and_polling` runs both, alternating);
+- Ready after the video: per session, Ready minus the viewer seeing the
+  avatar's video track (the operator's lag behind the media plane);
 - create-to-video-at-viewer: when the room's viewer saw the avatar's video
   track published (the media plane, independent of the operator's polls);
 - delivered fps: frames the decoding viewers received over a window once all
