@@ -18,6 +18,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -455,7 +458,7 @@ def test_the_gateway_in_cluster_mode_with_tls_and_a_given_key(tools: Tools) -> N
     assert volumes == {"signing-key": "gw-key", "tls": "gw-tls"}
 
 
-def test_the_gateway_installs_with_only_its_grants(stack: Stack, tools: Tools, install: Any, namespace: str) -> None:
+def test_the_gateway_installs_with_only_its_grants(stack: Stack, tools: Tools, install: Any, namespace: str, tmp_path: pathlib.Path) -> None:
     release = install(f"watchNamespaces={{{namespace}}}", GATEWAY)
     gateway = f"{release.fullname}-gateway"
     deployment = json.loads(stack.kubectl("get", "deployment", gateway, "-n", RELEASE_NAMESPACE, "-o", "json").stdout)
@@ -473,6 +476,51 @@ def test_the_gateway_installs_with_only_its_grants(stack: Stack, tools: Tools, i
         assert not _can(stack, user, verb, resource, "-n", namespace), (verb, resource)
     # The operator's grants are the operator's: it still lists no Secret.
     _assert_no_wildcards_no_secret_listing(stack, release.user, [namespace, "default", RELEASE_NAMESPACE])
+    _run_gateway_as(stack, Release(release.name, gateway, user), namespace, tmp_path)
+
+
+def _run_gateway_as(stack: Stack, release: Release, namespace: str, tmp_path: pathlib.Path) -> None:
+    """`avatar-operator gateway` with only the chart's grants: it lists and watches the tenant Secrets
+    (/readyz), picks the pool, creates a session and its image Secret (and owns it), watches it, and,
+    with no slot in the admission wait, deletes it and answers 503; no call is refused."""
+    from livekit import api as lk_api
+
+    from tests.harness.gateway_process import GatewayProcess
+
+    tenant = {
+        "LIVEKIT_API_KEY": stack.livekit_api_key, "LIVEKIT_API_SECRET": stack.livekit_api_secret,
+        "GATEWAY_API_KEYS": "chart-test-key", "DEFAULT_POOL": "p",
+    }
+    stack.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "t", "namespace": namespace, "labels": {names.GATEWAY_TENANT_LABEL: "true"}},
+        "stringData": tenant,
+    }))
+    stack.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": names.API_VERSION, "kind": names.POOL_KIND, "metadata": {"name": "p", "namespace": namespace},
+        "spec": {"replicas": 0, "modelPath": "/models/x.imx"},
+    }))
+    env = {**stack.process_env(), "KUBECONFIG": str(_kubeconfig_for(stack, release, tmp_path / "gateway.kubeconfig"))}
+    gateway = GatewayProcess(env, tmp_path / "gateway.log", namespaces=(namespace,), extra={"AVATAR_GATEWAY_ADMISSION_WAIT_S": "1"})
+    gateway.start()
+    try:
+        token = (
+            lk_api.AccessToken(stack.livekit_api_key, stack.livekit_api_secret).with_kind("agent").with_identity("avatar")
+            .with_grants(lk_api.VideoGrants(room_join=True, room="r")).with_attributes({"lk.publish_on_behalf": "agent"}).to_jwt()
+        )
+        fields = {"livekit_url": stack.livekit_url, "livekit_token": token, "room_name": "r", "avatar_image": "iVBORw0KGgo="}
+        req = urllib.request.Request(
+            f"{gateway.url}/launch", data=urllib.parse.urlencode(fields).encode(), method="POST",
+            headers={"Authorization": "Bearer chart-test-key", "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(req, timeout=30)
+        assert caught.value.code == 503 and caught.value.headers["Retry-After"] == "2", caught.value.read()
+        assert json.loads(stack.kubectl("get", "avs", "-n", namespace, "-o", "json").stdout)["items"] == []
+    finally:
+        gateway.stop()
+    text = gateway.logs()
+    denied = [line for line in text.splitlines() if "403" in line or "Forbidden" in line or "HTTP 4" in line]
+    assert not denied and "-> 503" in text, text[-3000:]
 
 
 # --- the operator itself, with only the chart's grants ------------------------
