@@ -35,25 +35,28 @@ TERMINATE_BOUND_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def bed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayBed]:
+def bed_and_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayBed, AgentWorker]]:
     bed = GatewayBed(stack, tmp_path_factory.mktemp("gateway-inference"), BedConfig(runners=1, slots=2))
+    # inference.AvatarSession signs its JWT with LIVEKIT_API_KEY/SECRET: the stack's, which the tenant registered.
+    worker = AgentWorker(stack.process_env(), bed.work / "agent.log")
+    worker.start()  # it registers while the pool starts
     try:
         bed.up()
-        yield bed
+        worker.wait_registered()
+        yield bed, worker
     finally:
+        worker.stop()
         bed.down()
 
 
-@pytest.fixture(scope="module")
-def worker(stack: Stack, bed: GatewayBed) -> Iterator[AgentWorker]:
-    # inference.AvatarSession signs its JWT with LIVEKIT_API_KEY/SECRET: the stack's, which the tenant registered.
-    worker = AgentWorker(stack.process_env(), bed.work / "agent.log")
-    worker.start()
-    try:
-        worker.wait_registered()
-        yield worker
-    finally:
-        worker.stop()
+@pytest.fixture
+def bed(bed_and_worker: tuple[GatewayBed, AgentWorker]) -> GatewayBed:
+    return bed_and_worker[0]
+
+
+@pytest.fixture
+def worker(bed_and_worker: tuple[GatewayBed, AgentWorker]) -> AgentWorker:
+    return bed_and_worker[1]
 
 
 def inference_session(bed: GatewayBed, room: str) -> dict[str, Any] | None:
@@ -134,5 +137,6 @@ async def test_inference_avatar_session_through_the_gateway(
     assert mouth["speech_max"] > 0.1 and mouth["open_share"] > 0.3, mouth
     # The terminate ended it, not the agent leaving: the agent was still in the room.
     assert agent_still_in
+    assert "/avatar/sessions/terminate -> 200" in bed.logs()["gateway.log"]
     assert gone_at - closing < TERMINATE_BOUND_S
     assert left_at - closing < TERMINATE_BOUND_S

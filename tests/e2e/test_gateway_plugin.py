@@ -37,27 +37,30 @@ TTL_S = "600"
 
 
 @pytest.fixture(scope="module")
-def bed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayBed]:
+def bed_and_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayBed, AgentWorker]]:
     bed = GatewayBed(
         stack, tmp_path_factory.mktemp("gateway-plugin"),
         BedConfig(runners=1, slots=2, avatar_ids=(gateway_bed.AVATAR_ID,), tenant_extra={"TTL_SECONDS_AFTER_FINISHED": TTL_S}),
     )
+    worker = AgentWorker(stack.process_env(), bed.work / "agent.log", api_secret=bed.api_key)
+    worker.start()  # it registers while the pool starts
     try:
         bed.up()
-        yield bed
+        worker.wait_registered()
+        yield bed, worker
     finally:
+        worker.stop()
         bed.down()
 
 
-@pytest.fixture(scope="module")
-def worker(stack: Stack, bed: GatewayBed) -> Iterator[AgentWorker]:
-    worker = AgentWorker(stack.process_env(), bed.work / "agent.log", api_secret=bed.api_key)
-    worker.start()
-    try:
-        worker.wait_registered()
-        yield worker
-    finally:
-        worker.stop()
+@pytest.fixture
+def bed(bed_and_worker: tuple[GatewayBed, AgentWorker]) -> GatewayBed:
+    return bed_and_worker[0]
+
+
+@pytest.fixture
+def worker(bed_and_worker: tuple[GatewayBed, AgentWorker]) -> AgentWorker:
+    return bed_and_worker[1]
 
 
 async def say(viewer: Viewer, command: str) -> None:
