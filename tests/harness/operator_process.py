@@ -89,6 +89,10 @@ def port_free(port: int) -> bool:
     return True
 
 
+# The stack's webhook ports, by the operator of this test process that took each.
+_WEBHOOK_HOLDERS: dict[str, OperatorProcess] = {}
+
+
 class OperatorProcess:
     """`avatar-operator run` watching `namespaces` (names or globs), as a process in
     its own process group: SIGKILL takes it, and any runner it launched, down at
@@ -131,7 +135,11 @@ class OperatorProcess:
         self.liveness_port = free_port()
         ports = stack_webhook_ports(self.env)
         if self.env.get("AVATAR_WEBHOOK_PORT") in ports:  # one of the stack's, not turned off: whichever is free now
-            self.env["AVATAR_WEBHOOK_PORT"] = free_webhook_port(ports)
+            # Not one a live sibling holds: two started in the same instant would both find it still free.
+            mine = [p for p in ports if (o := _WEBHOOK_HOLDERS.get(p)) is None or o is self or not o.alive()]
+            port = free_webhook_port(mine or ports)
+            self.env["AVATAR_WEBHOOK_PORT"] = port
+            _WEBHOOK_HOLDERS[port] = self
         with open(self.log, "ab") as out:
             out.write(f"\n===== start #{self.starts + 1} at {time.time():.3f} =====\n".encode())
             out.flush()
