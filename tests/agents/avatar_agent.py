@@ -35,6 +35,7 @@ import json
 import os
 import pathlib
 import time
+import typing
 import wave
 from collections.abc import AsyncIterator
 from typing import Any
@@ -100,8 +101,12 @@ def make_avatar(cfg: JobConfig) -> bithuman.AvatarSession | agents.inference.Ava
             kwargs["avatar_id"] = cfg.avatar_id
         if cfg.avatar_image:
             kwargs["avatar_image"] = cfg.avatar_image
+        models = typing.get_args(bithuman.avatar.BitHumanModel)
+        if cfg.model not in models:
+            raise ValueError(f"model {cfg.model!r}: expected one of {models}")
+        model = typing.cast("bithuman.avatar.BitHumanModel", cfg.model)
         return bithuman.AvatarSession(
-            api_url=cfg.api_url, api_secret=os.environ["AVATAR_AGENT_API_SECRET"], model=cfg.model, **kwargs
+            api_url=cfg.api_url, api_secret=os.environ["AVATAR_AGENT_API_SECRET"], model=model, **kwargs
         )
     if cfg.avatar == "inference":
         return agents.inference.AvatarSession(f"bithuman/{cfg.avatar_id}", base_url=cfg.base_url)
@@ -121,7 +126,7 @@ async def entrypoint(ctx: agents.JobContext) -> None:
     # An agent listens to its user, not to its own avatar.
     await ctx.connect(auto_subscribe=agents.AutoSubscribe.SUBSCRIBE_NONE)
     events.emit("joined", room=ctx.room.name, identity=ctx.room.local_participant.identity)
-    session = agents.AgentSession()
+    session: agents.AgentSession[None] = agents.AgentSession()
     avatar = make_avatar(cfg)
     try:
         events.emit("avatar_starting", avatar=cfg.avatar)
@@ -146,7 +151,7 @@ async def obey(
     ctx: agents.JobContext,
     cfg: JobConfig,
     events: Events,
-    session: agents.AgentSession,
+    session: agents.AgentSession[None],
     avatar: bithuman.AvatarSession | agents.inference.AvatarSession,
     commands: asyncio.Queue[str],
 ) -> None:

@@ -199,7 +199,9 @@ class GatewayBed:
             obj = self.get("avs", name)
             return obj if obj is not None and condition(obj, ctype).get("status") == "True" else None
 
-        return wait_until(f"session {name} {ctype}", holds, timeout, 0.2)
+        found = wait_until(f"session {name} {ctype}", holds, timeout, 0.2)
+        assert found is not None  # wait_until returns a truthy value
+        return found
 
     def wait_gone(self, name: str, timeout: float = 30.0) -> float:
         """Until session `name` is gone; the time.time() it was first seen gone."""

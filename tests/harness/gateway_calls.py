@@ -34,13 +34,13 @@ INFERENCE_AVATAR = "bithuman-inference-avatar"  # inference.AvatarSession's, for
 
 
 def plugin_token(
-    key: str, secret: str, room: str, *, ttl: datetime.timedelta = datetime.timedelta(minutes=10), kind: str = "agent"
+    key: str, secret: str, room: str, *, ttl: datetime.timedelta = datetime.timedelta(minutes=10)
 ) -> str:
     """The livekit_token the plugin mints (_start_cloud): kind agent, the avatar's identity,
     the room, publish-on-behalf and the caller's key in its attributes."""
     return (
         api.AccessToken(key, secret)
-        .with_kind(kind)
+        .with_kind("agent")
         .with_identity(AVATAR)
         .with_name(AVATAR)
         .with_grants(api.VideoGrants(room_join=True, room=room))
