@@ -74,21 +74,14 @@ class Admission:
         return await self._wait(obj)
 
     async def _create(self, manifest: manifest_mod.Manifest, tenant: tenants_mod.Tenant) -> dict[str, Any]:
-        lock = self._locks.setdefault(tenant.key, asyncio.Lock())
-        async with lock:
-            await self._check_limit(tenant)
-            secret = manifest.image_secret
-            if secret is not None:
-                await self._kube.create(secret)
-            try:
-                created = await self._kube.create_session(manifest.session)
-            except kube_mod.ApiError as e:
-                if secret is not None:
-                    await self._kube.delete("Secret", secret["metadata"]["namespace"], secret["metadata"]["name"])
-                if e.status in (400, 422):
-                    raise errors.bad_request("body", f"the API server refused the session: {e}") from None
-                raise
+        if tenant.max_sessions is None:  # nothing to count: creates of one tenant need not queue
+            created = await self._post(manifest)
+        else:
+            async with self._locks.setdefault(tenant.key, asyncio.Lock()):
+                await self._check_limit(tenant)
+                created = await self._post(manifest)
         meta = manifest.session["metadata"]
+        secret = manifest.image_secret
         obj = created if created is not None else await self._kube.read_session(meta["namespace"], meta["name"])
         if obj is None:  # made by a retry and deleted again in between
             raise self._busy("the session was deleted while this request made it: retry")
@@ -96,6 +89,20 @@ class Admission:
             owner = names.owner_reference(names.KIND, obj["metadata"]["name"], obj["metadata"]["uid"])
             await self._kube.own_secret(secret["metadata"]["namespace"], secret["metadata"]["name"], owner)
         return obj
+
+    async def _post(self, manifest: manifest_mod.Manifest) -> dict[str, Any] | None:
+        """Creates the image Secret, then the session; None when a session of that name exists."""
+        secret = manifest.image_secret
+        if secret is not None:
+            await self._kube.create(secret)
+        try:
+            return await self._kube.create_session(manifest.session)
+        except kube_mod.ApiError as e:
+            if secret is not None:
+                await self._kube.delete("Secret", secret["metadata"]["namespace"], secret["metadata"]["name"])
+            if e.status in (400, 422):
+                raise errors.bad_request("body", f"the API server refused the session: {e}") from None
+            raise
 
     async def _check_limit(self, tenant: tenants_mod.Tenant) -> None:
         if tenant.max_sessions is None:

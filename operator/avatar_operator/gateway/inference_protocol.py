@@ -11,7 +11,8 @@ from avatar_operator.gateway import session_manifest as manifest_mod
 from avatar_operator.gateway import tenants as tenants_mod
 from avatar_operator.gateway import terminate as terminate_mod
 
-# The runner's audio input rate (livekit-agents' DataStreamAudioOutput resamples to it).
+# The agent's audio to the avatar at bitHuman's rate (livekit-agents' DataStreamAudioOutput resamples
+# to it; a runner resamples whatever it gets).
 SAMPLE_RATE = 16000
 
 
