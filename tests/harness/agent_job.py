@@ -32,6 +32,7 @@ from typing import Any
 
 from livekit import api
 
+from tests.harness import processes
 from tests.harness.stack import ROOT
 
 AGENT_PROGRAM = ROOT / "tests" / "agents" / "avatar_agent.py"
@@ -155,16 +156,9 @@ class AgentWorker:
 
     def stop(self) -> None:
         """SIGTERM to the process group (the worker drains its jobs), SIGKILL after the grace."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(self.stop_grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        processes.stop_group(self.proc, self.stop_grace)
         # Job processes outlive a drained worker only by a bug: take them too.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 
+from tests.harness import processes
 from tests.harness.net import free_port
 from tests.harness.stack import ROOT
 
@@ -83,16 +83,7 @@ class GatewayProcess:
 
     def stop(self) -> None:
         """SIGTERM; SIGKILL after `stop_grace` seconds. Nothing if not running."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(self.stop_grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        processes.stop_group(self.proc, self.stop_grace)
 
     def logs(self) -> str:
         try:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+from tests.harness import processes
 from tests.harness.net import free_port
 from tests.harness.stack import ROOT
 
@@ -173,18 +174,7 @@ class OperatorProcess:
 
     def stop(self) -> None:
         """SIGTERM to the process group; SIGKILL after `stop_grace` seconds. Nothing if not running."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(self.stop_grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        processes.stop_group(self.proc, self.stop_grace)
 
     def logs(self) -> str:
         try:
