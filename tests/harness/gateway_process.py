@@ -24,7 +24,7 @@ GATEWAY = (sys.executable, "-m", "avatar_operator", "gateway")
 
 
 class GatewayProcess:
-    """The gateway on 127.0.0.1 at a free port, watching `namespaces` (empty: all) for tenant Secrets.
+    """The gateway on 127.0.0.1 at a free port, watching `namespaces` (at least one) for tenant Secrets.
     `extra` sets more AVATAR_GATEWAY_* variables (ADMISSION_WAIT_S, RETRY_AFTER_S, MAX_BODY_BYTES, ...)."""
 
     def __init__(

@@ -52,7 +52,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     # The gateway: off in every variant above; on with the chart's signing key and plain HTTP, and
     # in cluster mode with a given key and TLS.
     "namespaced-gateway": ("watchNamespaces={a,b}", GATEWAY),
-    "cluster-gateway-tls": ("clusterWide=true", GATEWAY, "gateway.tls.secretName=gw-tls", "gateway.signingKey.secretName=gw-key"),
+    "cluster-gateway-tls": (
+        "clusterWide=true", GATEWAY, "gateway.namespaces={t1}", "gateway.tls.secretName=gw-tls", "gateway.signingKey.secretName=gw-key"
+    ),
 }
 
 
@@ -446,16 +448,23 @@ def test_the_gateway_renders_restricted_with_only_its_verbs(tools: Tools) -> Non
 
 def test_the_gateway_in_cluster_mode_with_tls_and_a_given_key(tools: Tools) -> None:
     objects = _gateway_objects(_render(tools, *VARIANTS["cluster-gateway-tls"]).stdout)
-    assert sorted(o["kind"] for o in objects) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
-    (role,) = [o for o in objects if o["kind"] == "ClusterRole"]
+    # A Role in the named namespace, never a ClusterRole (which would list every Secret of the cluster).
+    assert sorted(o["kind"] for o in objects) == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "t1"
     assert {res: rule["verbs"] for rule in role["rules"] for res in rule["resources"]} == GATEWAY_RULES
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["AVATAR_GATEWAY_NAMESPACES"] == "" and env["AVATAR_GATEWAY_TLS_CERT_FILE"] == "/var/run/avatar-gateway/tls/tls.crt"
+    assert env["AVATAR_GATEWAY_NAMESPACES"] == "t1" and env["AVATAR_GATEWAY_TLS_CERT_FILE"] == "/var/run/avatar-gateway/tls/tls.crt"
     assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
     volumes = {v["name"]: v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v}
     assert volumes == {"signing-key": "gw-key", "tls": "gw-tls"}
+
+
+def test_the_gateway_is_refused_cluster_wide_without_its_namespaces(tools: Tools) -> None:
+    proc = _render(tools, "clusterWide=true", GATEWAY, check=False)
+    assert proc.returncode != 0 and "needs gateway.namespaces" in proc.stderr, proc.stderr
 
 
 def test_the_gateway_installs_with_only_its_grants(stack: Stack, tools: Tools, install: Any, namespace: str, tmp_path: pathlib.Path) -> None:

@@ -17,14 +17,19 @@ def test_settings(tmp_path: Any) -> None:
     assert s.namespace_list() == ("a", "b") and s.signing_key() == b"0123456789abcdef0123"
     with pytest.raises(ValueError, match="AVATAR_GATEWAY_SIGNING_KEY_FILE"):
         settings.from_env({})
+    # Never every namespace: it would list every Secret of the cluster.
+    with pytest.raises(ValueError, match="AVATAR_GATEWAY_NAMESPACES"):
+        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(key)})
+    with pytest.raises(ValueError, match="AVATAR_GATEWAY_NAMESPACES: .*name the namespaces"):
+        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(key), "AVATAR_GATEWAY_NAMESPACES": " , "})
     with pytest.raises(ValueError, match="AVATAR_GATEWAY_ADMISSION_WAIT_S"):
-        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(key), "AVATAR_GATEWAY_ADMISSION_WAIT_S": "soon"})
+        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(key), "AVATAR_GATEWAY_NAMESPACES": "a", "AVATAR_GATEWAY_ADMISSION_WAIT_S": "soon"})
     with pytest.raises(ValueError, match="TLS_KEY_FILE"):
-        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(key), "AVATAR_GATEWAY_TLS_CERT_FILE": "/c"})
+        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(key), "AVATAR_GATEWAY_NAMESPACES": "a", "AVATAR_GATEWAY_TLS_CERT_FILE": "/c"})
     short = tmp_path / "short"
     short.write_bytes(b"tiny")
     with pytest.raises(ValueError, match="at least 16 bytes"):
-        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(short)}).signing_key()
+        settings.from_env({"AVATAR_GATEWAY_SIGNING_KEY_FILE": str(short), "AVATAR_GATEWAY_NAMESPACES": "a"}).signing_key()
 
 
 def test_metric_outcomes() -> None:

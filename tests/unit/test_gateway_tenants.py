@@ -73,7 +73,7 @@ def test_bad_numbers_name_the_key(key: str, value: str, message: str) -> None:
 
 def test_the_cache_follows_watch_events() -> None:
     cache = tenants.Tenants()
-    problems = cache.replace_all(None, [secret(**FULL), secret("broken", LIVEKIT_API_KEY="k")])
+    problems = cache.replace_all("team-a", [secret(**FULL), secret("broken", LIVEKIT_API_KEY="k")])
     assert [t.name for t in cache.all()] == ["acme"] and len(problems) == 1 and "broken" in problems[0]
     assert [t.name for t in cache.by_gateway_key("new-key")] == ["acme"]
     assert [t.name for t in cache.by_gateway_key("old-key")] == ["acme"]  # both, during a rotation

@@ -19,10 +19,6 @@ from avatar_operator.clients import kube as kube_mod
 WATCH_TIMEOUT_S = 290
 
 
-def _collection(plural: str, namespace: str | None, *, group: str = "", version: str = "v1") -> str:
-    if namespace:
-        return kube_mod.path(plural, namespace, group=group, version=version)
-    return f"/apis/{group}/{version}/{plural}" if group else f"/api/{version}/{plural}"
 
 
 def sessions_path(namespace: str, name: str | None = None) -> str:
@@ -32,10 +28,10 @@ def sessions_path(namespace: str, name: str | None = None) -> str:
 class GatewayKube(kube_mod.Kube):
     """The operator's Kube (its config loading, connection pool and 429 handling) with the gateway's calls."""
 
-    async def list_tenant_secrets(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
-        """The labelled tenant Secrets (in one namespace or all) and the list's resourceVersion. (verb: list secrets)"""
+    async def list_tenant_secrets(self, namespace: str) -> tuple[list[dict[str, Any]], str]:
+        """The labelled tenant Secrets of a namespace and the list's resourceVersion. (verb: list secrets)"""
         query = urllib.parse.urlencode({"labelSelector": f"{names.GATEWAY_TENANT_LABEL}=true"})
-        _, body = await self.request("GET", _collection("secrets", namespace) + "?" + query)
+        _, body = await self.request("GET", kube_mod.path("secrets", namespace) + "?" + query)
         return [dict(i) for i in body.get("items") or []], str((body.get("metadata") or {}).get("resourceVersion") or "")
 
     async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -58,14 +54,14 @@ class GatewayKube(kube_mod.Kube):
                         event = json.loads(line)
                         yield str(event.get("type")), dict(event.get("object") or {})
 
-    def watch_tenant_secrets(self, namespace: str | None, resource_version: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    def watch_tenant_secrets(self, namespace: str, resource_version: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(verb: watch secrets)"""
         params = {
             "labelSelector": f"{names.GATEWAY_TENANT_LABEL}=true",
             "resourceVersion": resource_version,
             "timeoutSeconds": str(WATCH_TIMEOUT_S),
         }
-        return self.watch(_collection("secrets", namespace), params)
+        return self.watch(kube_mod.path("secrets", namespace), params)
 
     def watch_session(self, namespace: str, name: str, resource_version: str, timeout_s: int) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """One session's changes after `resource_version`. (verb: watch avatarsessions)"""

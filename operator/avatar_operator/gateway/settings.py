@@ -29,14 +29,22 @@ class GatewaySettings(BaseSettings):
     signing_key_file: pathlib.Path
     tls_cert_file: pathlib.Path | None = None
     tls_key_file: pathlib.Path | None = None
-    # Comma- or space-separated; empty: tenants in every namespace.
-    namespaces: str = ""
+    # Comma- or space-separated, at least one: the gateway lists and watches every Secret of
+    # these namespaces (RBAC cannot select by label), so never every namespace (design.md §3).
+    namespaces: str
     # How long a request waits for its session to hold a runner before the gateway
     # deletes it and answers 503: both clients retry, so a short wait frees the slot
     # queue for whoever comes back first.
     admission_wait_s: Seconds = 5.0
     retry_after_s: int = Field(2, ge=1)
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+
+    @pydantic.field_validator("namespaces")
+    @classmethod
+    def _some_namespace(cls, value: str) -> str:
+        if not value.replace(",", " ").split():
+            raise ValueError("name the namespaces whose tenant Secrets the gateway serves (comma-separated)")
+        return value
 
     @pydantic.model_validator(mode="after")
     def _tls_pair(self) -> GatewaySettings:

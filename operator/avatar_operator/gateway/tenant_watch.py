@@ -16,13 +16,13 @@ log = logging.getLogger(__name__)
 
 
 class TenantWatch:
-    """One list-then-watch loop per namespace (one for all when none is given)."""
+    """One list-then-watch loop per namespace served (never one for all: see settings.namespaces)."""
 
     def __init__(self, kube: kube_calls.GatewayKube, tenants: tenants_mod.Tenants, namespaces: tuple[str, ...]) -> None:
         self._kube = kube
         self._tenants = tenants
-        self._scopes: tuple[str | None, ...] = namespaces or (None,)
-        self._listed: set[str | None] = set()
+        self._scopes = namespaces
+        self._listed: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -31,7 +31,7 @@ class TenantWatch:
         return len(self._listed) == len(self._scopes)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(scope), name=f"tenant-watch-{scope or '*'}") for scope in self._scopes]
+        self._tasks = [asyncio.create_task(self._run(scope), name=f"tenant-watch-{scope}") for scope in self._scopes]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -42,13 +42,13 @@ class TenantWatch:
         for problem in problems:
             log.warning("%s; its callers are refused until it is fixed", problem)
 
-    async def _run(self, scope: str | None) -> None:
+    async def _run(self, scope: str) -> None:
         while True:
             try:
                 secrets, rv = await self._kube.list_tenant_secrets(scope)
                 self._say(self._tenants.replace_all(scope, secrets))
                 self._listed.add(scope)
-                log.info("tenants in %s: %d", scope or "every namespace", len(secrets))
+                log.info("tenants in %s: %d", scope, len(secrets))
                 async for kind, secret in self._kube.watch_tenant_secrets(scope, rv):
                     if kind == "ERROR":
                         break  # e.g. 410 Gone: list again
@@ -59,5 +59,5 @@ class TenantWatch:
             except asyncio.CancelledError:
                 raise
             except (kube_mod.ApiError, aiohttp.ClientError, TimeoutError, ValueError) as e:
-                log.warning("tenant watch in %s: %s; listing again in %.0f s", scope or "every namespace", e, RETRY_S)
+                log.warning("tenant watch in %s: %s; listing again in %.0f s", scope, e, RETRY_S)
                 await asyncio.sleep(RETRY_S)

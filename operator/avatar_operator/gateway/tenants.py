@@ -123,10 +123,10 @@ class Tenants:
         self._tenants: dict[tuple[str, str], Tenant] = {}
         self.problems: dict[tuple[str, str], str] = {}
 
-    def replace_all(self, namespace: str | None, secrets: Iterable[Mapping[str, Any]]) -> list[str]:
-        """A list of one namespace's tenant Secrets (None: every namespace's): what is not in it is gone.
+    def replace_all(self, namespace: str, secrets: Iterable[Mapping[str, Any]]) -> list[str]:
+        """A list of one namespace's tenant Secrets: what is not in it is gone.
         Returns the problems of the Secrets that can't be used."""
-        for key in [k for k in (*self._tenants, *self.problems) if namespace is None or k[0] == namespace]:
+        for key in [k for k in (*self._tenants, *self.problems) if k[0] == namespace]:
             self._tenants.pop(key, None)
             self.problems.pop(key, None)
         return [p for secret in secrets if (p := self.apply("ADDED", secret)) is not None]
