@@ -89,6 +89,7 @@ CASES: list[tuple[str, Callable[[GatewayBed], calls.Call], int, set[str | None]]
      400, {"room_name"}),
     ("inference: malformed body",
      lambda b: dataclasses.replace(calls.inference_create(b, room()), json_body=None, raw=b"not json"), 400, {None, "body"}),
+    ("plugin form: a file that is no image", lambda b: calls.plugin_form(b, room(), image=b"GIF89a but not really"), 400, {"avatar_image"}),
     ("plugin form: body over the limit", lambda b: calls.plugin_form(b, room(), image=big_image()), 413, {None, "body"}),
     ("inference: body over the limit",
      lambda b: dataclasses.replace(calls.inference_create(b, room()), json_body=None, raw=json.dumps({"pad": "x" * (MAX_BODY + 1)}).encode()),

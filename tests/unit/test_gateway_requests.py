@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,14 @@ from avatar_operator.gateway import errors, inference_request, plugin_request, s
 from livekit.plugins import bithuman
 from PIL import Image
 
-PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
+
+def _png() -> str:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 120, 90)).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+PNG = _png()
 
 
 class Captured:
@@ -136,6 +144,16 @@ def test_a_file_where_text_belongs_and_an_empty_file() -> None:
     with pytest.raises(errors.Refusal) as caught:
         plugin_request.from_fields(fields(avatar_image=plugin_request.Upload(b"")))
     assert caught.value.field == "avatar_image"
+
+
+def test_bytes_that_are_no_image_are_refused_naming_the_field() -> None:
+    # A PNG signature and nothing after it: refused here, not by the runner after a slot was taken.
+    broken = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
+    for value in (plugin_request.Upload(b"not an image"), broken):
+        with pytest.raises(errors.Refusal) as caught:
+            plugin_request.from_fields(fields(avatar_image=value))
+        assert caught.value.status == 400 and caught.value.field == "avatar_image"
+        assert "not an image Pillow can read" in caught.value.message
 
 
 def test_a_data_uri_image_is_decoded() -> None:

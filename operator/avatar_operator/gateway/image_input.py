@@ -5,6 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import io
+import warnings
+
+from PIL import Image as PILImage
 
 from avatar_operator.api import rules
 from avatar_operator.gateway import errors
@@ -24,7 +28,22 @@ def from_bytes(field: str, data: bytes) -> Image:
         raise errors.bad_request(field, f"{field} is an empty file: upload the image, or leave the field out")
     if len(data) > MAX_IMAGE_BYTES:
         raise errors.bad_request(field, f"{field} is {len(data)} bytes, over {MAX_IMAGE_BYTES}: send a smaller image or a URL")
+    _check_readable(field, data)
     return Image(data=data)
+
+
+def _check_readable(field: str, data: bytes) -> None:
+    """A 400 now rather than a session that fails in its runner: the header is read and the
+    file's structure checked (Pillow's verify), the pixels are not decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as image:
+                image.verify()
+    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombWarning, PILImage.DecompressionBombError) as err:
+        raise errors.bad_request(
+            field, f"{field} is not an image Pillow can read ({type(err).__name__}): send a JPEG or PNG"
+        ) from None
 
 
 def from_text(field: str, text: str) -> Image:
