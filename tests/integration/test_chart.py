@@ -492,7 +492,11 @@ def _run_gateway_as(stack: Stack, release: Release, namespace: str, tmp_path: pa
     """`avatar-operator gateway` with only the chart's grants: it lists and watches the tenant Secrets
     (/readyz), picks the pool, creates a session and its image Secret (and owns it), watches it, and,
     with no slot in the admission wait, deletes it and answers 503; no call is refused."""
+    import base64
+    import io
+
     from livekit import api as lk_api
+    from PIL import Image
 
     from tests.harness.gateway_process import GatewayProcess
 
@@ -516,7 +520,10 @@ def _run_gateway_as(stack: Stack, release: Release, namespace: str, tmp_path: pa
             lk_api.AccessToken(stack.livekit_api_key, stack.livekit_api_secret).with_kind("agent").with_identity("avatar")
             .with_grants(lk_api.VideoGrants(room_join=True, room="r")).with_attributes({"lk.publish_on_behalf": "agent"}).to_jwt()
         )
-        fields = {"livekit_url": stack.livekit_url, "livekit_token": token, "room_name": "r", "avatar_image": "iVBORw0KGgo="}
+        png = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 120, 90)).save(png, format="PNG")  # the gateway reads it before it makes the Secret
+        image = base64.b64encode(png.getvalue()).decode()
+        fields = {"livekit_url": stack.livekit_url, "livekit_token": token, "room_name": "r", "avatar_image": image}
         req = urllib.request.Request(
             f"{gateway.url}/launch", data=urllib.parse.urlencode(fields).encode(), method="POST",
             headers={"Authorization": "Bearer chart-test-key", "Content-Type": "application/x-www-form-urlencoded"},
