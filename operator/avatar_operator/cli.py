@@ -163,6 +163,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def hide_kubernetes_library() -> None:
+    """Keeps kopf from importing the kubernetes library in the operator's process.
+
+    kopf imports `kubernetes.client` (every model class, about 15 MB of RSS)
+    whenever the library is importable, for isinstance checks and a login the
+    operator never uses: clients.kube_login reads the config for both kopf and
+    our client. Only before kopf or the library is loaded: a process that
+    already has them (a test importing the operator in-process) keeps them."""
+    if "kopf" not in sys.modules and "kubernetes" not in sys.modules:
+        sys.modules["kubernetes"] = None  # type: ignore[assignment]  # `import kubernetes` now raises ImportError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "crd":
@@ -178,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from avatar_operator.gateway import command as gateway_command
 
         return gateway_command.main(args)
+    hide_kubernetes_library()
     # Imported here: kopf and the handlers load only for the operator itself.
     from avatar_operator import run as run_mod
 

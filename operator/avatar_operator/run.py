@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import random
 import socket
 import sys
@@ -13,6 +12,7 @@ import kopf
 
 from avatar_operator import metrics
 from avatar_operator import settings as settings_mod
+from avatar_operator.clients import kube_login
 
 
 def liveness_url(url: str | None) -> str | None:
@@ -34,19 +34,23 @@ def main(args: argparse.Namespace) -> int:
     except settings_mod.SettingsError as e:
         print(f"avatar-operator: {e}", file=sys.stderr)
         return 2
+    try:
+        kube_login.load()  # a config that cannot work is said here, not in kopf's login retries
+    except kube_login.ConfigError as e:
+        print(f"avatar-operator: no usable Kubernetes config: {e}", file=sys.stderr)
+        return 2
     namespaces = list(getattr(args, "namespace", None) or settings.namespaces)
     clusterwide = bool(getattr(args, "all_namespaces", False)) or not namespaces
     kopf.configure(
         verbose=bool(getattr(args, "verbose", False)),
         log_format=kopf.LogFormat.JSON if getattr(args, "log_format", "plain") == "json" else kopf.LogFormat.FULL,
     )
-    # The kubernetes client logs request bodies at DEBUG; keep it quiet so no
-    # Secret payload can reach a log line even with --verbose.
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
     metrics.serve(int(getattr(args, "metrics_port", 0) or 0))
 
-    from avatar_operator.controller import handlers  # noqa: F401 - registers the handlers with kopf
+    from avatar_operator.controller import (
+        handlers,  # noqa: F401 - registers the handlers with kopf
+        login,  # noqa: F401 - kopf logs in as our client does
+    )
 
     kopf.run(
         clusterwide=clusterwide,

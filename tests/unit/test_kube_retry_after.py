@@ -9,9 +9,9 @@ import socket
 import time
 from collections.abc import AsyncIterator
 
-import kubernetes
 import pytest
 from aiohttp import web
+from avatar_operator.clients import kube_login
 from avatar_operator.clients.kube import RETRY_AFTER_CAP_S, Kube
 
 
@@ -51,9 +51,7 @@ async def busy() -> AsyncIterator[tuple[Busy, str]]:
 
 async def test_a_429_with_an_http_date_is_waited_for_then_retried(busy: tuple[Busy, str]) -> None:
     server, host = busy
-    config = kubernetes.client.Configuration()
-    config.host = host
-    client = Kube(config, tls=False)
+    client = Kube(kube_login.Login(host=host), tls=False)
     try:
         started = time.monotonic()
         status, obj = await client.request("GET", "/api/v1/namespaces/ns/secrets/s")

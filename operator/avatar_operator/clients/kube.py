@@ -4,8 +4,8 @@ The requests are plain JSON over aiohttp on kopf's event loop. The official
 client is synchronous: in a thread pool its calls contended with kopf's loop
 for the GIL, building its model objects cost more CPU than the requests, and
 its API modules alone held 21 MB. Where to connect and how to authenticate
-still come from the kubernetes library's config loader (in-cluster service
-account with token refresh, or KUBECONFIG). Each named call uses one verb the
+come from clients.kube_login (in-cluster service account with token refresh,
+or a kubeconfig), as kopf's login does. Each named call uses one verb the
 RBAC in the chart grants. One `Kube` lives in kopf's memo; the benchmarks and
 tests use the same class.
 """
@@ -22,10 +22,9 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import aiohttp
-import kubernetes
 
 from avatar_operator.api import names
-from avatar_operator.clients import http
+from avatar_operator.clients import http, kube_login
 
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 # A burst of sessions: enough connections that status writes do not queue
@@ -49,23 +48,10 @@ class ApiError(Exception):
         self.status = status
 
 
-def load_config(kubeconfig: str | None = None) -> tuple[kubernetes.client.Configuration, ssl.SSLContext | bool]:
-    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG)."""
-    cfg = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=cfg)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    tls: ssl.SSLContext | bool = False
-    if cfg.verify_ssl:
-        tls = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-    elif cfg.host.startswith("https"):
-        tls = ssl.create_default_context()
-        tls.check_hostname = False
-        tls.verify_mode = ssl.CERT_NONE
-    if cfg.cert_file and isinstance(tls, ssl.SSLContext):
-        tls.load_cert_chain(cfg.cert_file, cfg.key_file)
-    return cfg, tls
+def load_config(kubeconfig: str | None = None) -> tuple[kube_login.Login, ssl.SSLContext | bool]:
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG); raises kube_login.ConfigError."""
+    login = kube_login.load(kubeconfig)
+    return login, kube_login.ssl_context(login)
 
 
 def path(plural: str, namespace: str, name: str | None = None, *, group: str = "", version: str = "v1") -> str:
@@ -77,8 +63,9 @@ def path(plural: str, namespace: str, name: str | None = None, *, group: str = "
 class Kube:
     """One API server, one connection pool."""
 
-    def __init__(self, config: kubernetes.client.Configuration, tls: ssl.SSLContext | bool, *, pool: int = POOL) -> None:
+    def __init__(self, config: kube_login.Login, tls: ssl.SSLContext | bool, *, pool: int = POOL) -> None:
         self._config = config
+        self._bearer = kube_login.bearer(config)
         self._tls = tls
         self._pool = pool
         self._session: aiohttp.ClientSession | None = None
@@ -102,11 +89,11 @@ class Kube:
 
     def _headers(self, content_type: str) -> dict[str, str]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        # Asked on every request: the loader's refresh hook re-reads a rotated
-        # service-account token.
-        token = self._config.auth_settings().get("BearerToken")
-        if token and token["value"]:
-            headers["Authorization"] = str(token["value"])
+        # Asked on every request: a token file (the service account's) is
+        # re-read as the kubelet rotates it.
+        authorization = self._bearer()
+        if authorization:
+            headers["Authorization"] = authorization
         return headers
 
     async def request(

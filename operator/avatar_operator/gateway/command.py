@@ -9,11 +9,11 @@ import signal
 import ssl
 import sys
 
-import kubernetes
 from aiohttp import web
 
 from avatar_operator import settings as operator_settings
 from avatar_operator.clients import kube as kube_mod
+from avatar_operator.clients import kube_login
 from avatar_operator.gateway import admission as admission_mod
 from avatar_operator.gateway import context as context_mod
 from avatar_operator.gateway import kube_calls, server, tenant_watch
@@ -64,7 +64,7 @@ async def serve(settings: settings_mod.GatewaySettings) -> int:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # aiohttp's client and the kubernetes loader say nothing a gateway operator needs at INFO.
+    # aiohttp's access log says nothing a gateway operator needs at INFO.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         settings = settings_mod.from_env()
@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     except operator_settings.SettingsError as e:
         print(f"avatar-operator gateway: {e}", file=sys.stderr)
         return 2
-    except kubernetes.config.ConfigException as e:
+    except kube_login.ConfigError as e:
         print(f"avatar-operator gateway: no usable Kubernetes config ({e}): run in a pod or set KUBECONFIG", file=sys.stderr)
         return 2
     except (OSError, ssl.SSLError) as e:

@@ -10,11 +10,11 @@ import urllib.parse
 import webbrowser
 
 import aiohttp
-import kubernetes
 from aiohttp import web
 
 from avatar_operator import settings as settings_mod
 from avatar_operator.clients import kube as kube_mod
+from avatar_operator.clients import kube_login
 from avatar_operator.viewer import access as access_mod
 from avatar_operator.viewer import assets, server
 
@@ -22,11 +22,9 @@ from avatar_operator.viewer import assets, server
 def context_namespace(kubeconfig: str | None) -> str:
     """The current context's namespace, as kubectl picks it."""
     try:
-        # The kubernetes client ships no type hints (pyproject.toml's mypy override is for clients/kube.py).
-        _, current = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    except (kubernetes.config.ConfigException, OSError):
-        return "default"
-    return str((current or {}).get("context", {}).get("namespace") or "default")
+        return kube_login.load(kubeconfig).namespace or "default"
+    except kube_login.ConfigError:
+        return "default"  # serve() says what is wrong with the config
 
 
 def page_url(address: str, port: int, name: str | None) -> str:
@@ -89,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
     except kube_mod.ApiError as e:
         print(f"avatar-operator view: the API server refused: {e}", file=sys.stderr)
         return 1
-    except kubernetes.config.ConfigException as e:
+    except kube_login.ConfigError as e:
         print(f"avatar-operator view: no usable kubeconfig ({e}): set KUBECONFIG or pass --kubeconfig", file=sys.stderr)
         return 2
     except aiohttp.ClientError as e:
