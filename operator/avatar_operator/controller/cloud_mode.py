@@ -16,6 +16,7 @@ from avatar_operator.build import cloud_answer, cloud_request
 from avatar_operator.clients import bithuman
 from avatar_operator.controller import (
     avatar_image,
+    cloud_attempts,
     cloud_end,
     cloud_wait,
     context,
@@ -45,22 +46,24 @@ async def start(
     sent = ctx.status.cloud_request
     if sent is not None and sent.accepted_time is not None:
         return
-    # The key is recorded before the first send (it rides on the write of
-    # attempt 1, which precedes the POST): a restarted operator sends the
-    # same key, and the API answers a repeat as it did the first time.
-    # A recorded request holds its slot of the credential's budget already.
+    ctx.clients.flights.take_up(ctx.ref.uid)
+    # The first key is the session's uid, so its record may ride on the answer's write
+    # (`cloud_attempts`), unless the record is the slot it holds of a credential's budget
+    # (`cloud_queue`): then it is written before the POST, as every later key is.
+    written_first = True
     if sent is None:
-        await cloud_wait.wait_in_line(ctx, spec, bh)
+        written_first = await cloud_wait.wait_in_line(ctx, spec, bh)
         sent = status_mod.CloudRequest(idempotency_key=ctx.ref.uid, sent_time=ctx.now())
         await ctx.record(cloud_request=sent, flush=False)
     room = ctx.clients.rooms.get(lk.url, lk.api_key, lk.api_secret)
     refusals = 0
     while True:
         request = await _request(ctx, spec, lk, bh, sent.idempotency_key)
-        limited = await _send(ctx, room, request, sent, context.identity(spec)[0])
+        limited = await _send(ctx, room, request, sent, context.identity(spec)[0], write_first=written_first)
         if limited is None:
             return
         refusals += 1
+        written_first = True
         sent = await cloud_wait.after_limit(ctx, sent, limited, refusals)
 
 
@@ -146,18 +149,15 @@ async def _send(
     request: cloud_request.CloudRequest,
     sent: status_mod.CloudRequest,
     identity: str,
+    *,
+    write_first: bool = True,
 ) -> bithuman.Rejected | None:
     """Sends with retry and records the outcome: Starting, or Failed with the server's reason.
 
+    Without `write_first`, attempt 1 is written only if it is slow (`cloud_attempts`).
     Returns bitHuman's concurrency-limit refusal, which fails nothing: the caller waits and sends again."""
-    before = ctx.status.attempts or 0  # a round after a concurrency refusal counts on
-
-    async def on_attempt(n: int) -> None:
-        if n > 1:
-            metrics.CLOUD_REQUESTS.labels(outcome="retried").inc()
-        of = retry_policy(ctx).max_retry
-        message = f"attempt {n} of {of} sent to the bitHuman API"
-        await ctx.record(phase=Phase.PENDING, changes=(Change(Cond.CLOUD_REQUEST_ACCEPTED, False, Reason.REQUEST_SENT, message),), attempts=before + n)
+    before = ctx.status.attempts or 0
+    attempts = cloud_attempts.Attempts(ctx, before=before, write_first=write_first, max_retry=lambda: retry_policy(ctx).max_retry)
 
     async def sleep(seconds: float) -> None:
         left = ctx.seconds_left()
@@ -170,7 +170,7 @@ async def _send(
     flights.start(ctx.ref.uid)
     result: bithuman.CloudResult | None = None
     try:
-        result = await bithuman.send(ctx.clients.http, request, lambda: retry_policy(ctx), sleep=sleep, on_attempt=on_attempt)
+        result = await attempts.answer(bithuman.send(ctx.clients.http, request, lambda: retry_policy(ctx), sleep=sleep, on_attempt=attempts.on_attempt))
     finally:  # a cancelled request (the session deleted mid-flight) may have reached bitHuman
         flights.settle(ctx.ref.uid, may_have_started=_may_have_started(None if result is None else result.outcome))
     outcome = result.outcome

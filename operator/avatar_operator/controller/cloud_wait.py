@@ -41,11 +41,13 @@ def next_key(uid: str, refusals: int) -> str:
     return f"{uid}-{refusals}"
 
 
-async def wait_in_line(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, bh: credentials.BithumanCredentials) -> None:
-    """With a budget for the session's credential, waits until one of its slots is free, in creation order."""
+async def wait_in_line(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, bh: credentials.BithumanCredentials) -> bool:
+    """With a budget for the session's credential, waits until one of its slots is free, in creation order.
+
+    True when a budget applies: the request's record is then the slot it holds, written before it is sent."""
     limit = await _budget(ctx, bh)
     if not limit:
-        return
+        return False
     key = cloud_queue.credential_key(ctx.ref.namespace, spec, ctx.settings)
     meta = ctx.body.metadata
     me = cloud_queue.Slot(ctx.ref.uid, ctx.ref.namespace, ctx.ref.name, str(meta.get("creationTimestamp") or ""), cloud_queue.State.WAITING)
@@ -69,6 +71,7 @@ async def wait_in_line(ctx: context.SessionContext, spec: spec_mod.AvatarSession
         if await ctx.clients.clock.wait(ctx.stopped, _capped(ctx, LINE_RECHECK_S)):
             raise context.Ended
         await ctx.end_if_past_deadline("while waiting in line for a concurrent-session slot")
+    return True
 
 
 async def after_limit(ctx: context.SessionContext, sent: status_mod.CloudRequest, refused: bithuman.Rejected, refusals: int) -> status_mod.CloudRequest:

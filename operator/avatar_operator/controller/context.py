@@ -9,6 +9,7 @@ operator resumes from status where the last one stopped.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
@@ -61,6 +62,9 @@ class SessionContext:
     _live: tuple[Any, spec_mod.AvatarSessionSpec] | None = dataclasses.field(default=None, init=False)
     # When this operator last wrote: kopf's watch brings the write back to the body a moment later.
     _wrote_at: float | None = dataclasses.field(default=None, init=False)
+    # One write at a time (a slow request's progress may be flushed beside the worker's own step),
+    # so the last to land is the newest.
+    _flushing: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock, init=False)
 
     def __post_init__(self) -> None:
         meta = self.body.metadata
@@ -114,11 +118,13 @@ class SessionContext:
 
     async def flush(self) -> None:
         """Writes the decided status when it differs from what the API server has."""
-        if self.status != self.written:
-            if not await self.clients.kube.patch_status(self.ref.namespace, self.ref.name, status_mod.to_wire(self.status)):
-                raise Ended  # the session is gone (deleted while we worked)
-            self.written = self.status
-            self._wrote_at = self.clients.clock.monotonic()
+        async with self._flushing:
+            status = self.status
+            if status != self.written:
+                if not await self.clients.kube.patch_status(self.ref.namespace, self.ref.name, status_mod.to_wire(status)):
+                    raise Ended  # the session is gone (deleted while we worked)
+                self.written = status
+                self._wrote_at = self.clients.clock.monotonic()
 
     def condition(self, ctype: Cond) -> status_mod.Condition | None:
         return conditions.find(self.status, ctype)

@@ -19,6 +19,19 @@ class Flights:
 
     def __init__(self) -> None:
         self._flights: dict[str, Flight] = {}
+        # Sessions whose start this operator took up: their status is this operator's own record
+        # (a first request's record rides on its answer's write, so the status of one taken up
+        # elsewhere may not show a request that was in flight when that operator died).
+        self._taken: set[str] = set()
+
+    def take_up(self, uid: str) -> None:
+        self._taken.add(uid)
+
+    def took_up(self, uid: str) -> bool:
+        return uid in self._taken
+
+    def forget(self, uid: str) -> None:
+        self._taken.discard(uid)
 
     def start(self, uid: str) -> Flight:
         flight = self._flights[uid] = Flight()

@@ -202,6 +202,7 @@ async def finalize(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: A
             warn=lambda message: _late_avatar_warning(body, message),
         )
     clients.mailboxes.forget(ref.uid)
+    clients.flights.forget(ref.uid)
 
 
 def _late_avatar_warning(body: kopf.Body, message: str) -> None:

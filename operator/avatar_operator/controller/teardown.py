@@ -11,7 +11,7 @@ import pydantic
 from avatar_operator.api import conditions, names
 from avatar_operator.api import spec as spec_mod
 from avatar_operator.api import status as status_mod
-from avatar_operator.controller import late_avatar, pool_mode, ports
+from avatar_operator.controller import flights, late_avatar, pool_mode, ports
 
 Cond = status_mod.ConditionType
 Reason = status_mod.Reason
@@ -63,19 +63,29 @@ def watch_if_an_avatar_may_come(
         status = status_mod.from_wire(raw_status)
     except pydantic.ValidationError:  # a status this operator did not write: nothing to go by
         status = status_mod.AvatarSessionStatus()
-    if may_have_an_avatar_coming(clients, ref.uid, status):
+    if may_have_an_avatar_coming(clients.flights, ref.uid, status):
         watch_for_late_avatar(clients, ref, room, room_name=spec.room, identity=identity, for_s=for_s, warn=warn)
 
 
-def may_have_an_avatar_coming(clients: ports.Clients, uid: str, status: status_mod.AvatarSessionStatus) -> bool:
+def may_have_an_avatar_coming(known: flights.Flights, uid: str, status: status_mod.AvatarSessionStatus) -> bool:
     """A deleted cloud session whose request is in flight, or accepted (or unknowable) with no avatar seen yet."""
-    if clients.flights.get(uid) is not None:
+    if known.get(uid) is not None:
         return True
     refused = conditions.find(status, Cond.CLOUD_REQUEST_ACCEPTED)
+    if status.cloud_request is None:
+        return not known.took_up(uid) and _may_have_sent_unrecorded(status)
+    return status.ready_time is None and not (refused is not None and refused.reason == Reason.REQUEST_REJECTED)
+
+
+def _may_have_sent_unrecorded(status: status_mod.AvatarSessionStatus) -> bool:
+    """A first request is recorded by the write after its answer: an operator that died with it in
+    flight left a status that says nothing of it. Anything written about the request's step, an
+    end, or credentials still missing rules that out."""
+    credentials_missing = conditions.find(status, Cond.CREDENTIALS_READY)
     return (
-        status.cloud_request is not None
-        and status.ready_time is None
-        and not (refused is not None and refused.reason == Reason.REQUEST_REJECTED)
+        status.phase not in (status_mod.Phase.SUCCEEDED, status_mod.Phase.FAILED)
+        and conditions.find(status, Cond.CLOUD_REQUEST_ACCEPTED) is None
+        and not (credentials_missing is not None and credentials_missing.status == status_mod.ConditionStatus.FALSE)
     )
 
 
