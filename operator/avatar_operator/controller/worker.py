@@ -91,11 +91,11 @@ async def accept(ctx: context.SessionContext) -> spec_mod.AvatarSessionSpec:
         )
         raise context.Ended
     spec = spec_mod.parse_spec(ctx.body)
-    first = not ctx.is_true(Cond.ACCEPTED)
+    # No Event: the next step's (RequestAccepted, PodCreated, SlotClaimed, or what it waits for) says
+    # the session was taken up, and each Event costs the API server a write.
     await ctx.record(
         phase=ctx.status.phase or Phase.PENDING,
         changes=(Change(Cond.ACCEPTED, True, Reason.VALID, f"{spec.mode.value} mode session accepted"),),
-        event=(Reason.VALID, f"accepted: {spec.mode.value} mode, room {spec.room!r}") if first else None,
         mode=spec.mode,
         avatar_identity=context.identity(spec)[0],
         start_time=ctx.status.start_time or ctx.now(),
