@@ -9,10 +9,18 @@ rate, and a bitrate sized like LiveKit's presets.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from livekit import rtc
-from livekit.agents.voice.avatar import AudioReceiver, AvatarOptions, AvatarRunner, VideoGenerator
+from livekit.agents.voice.avatar import (
+    AudioReceiver,
+    AvatarOptions,
+    AvatarRunner,
+    VideoGenerator,
+)
+
+from . import lip_sync
 
 # LiveKit's presets spend about 0.05-0.06 bits per pixel (h540: 800 kbps for
 # 960x540 at 25 fps; h720: 1.7 Mbps for 1280x720 at 30 fps).
@@ -50,10 +58,12 @@ def video_publishing(width: int, height: int, fps: float) -> VideoPublishing:
 
 
 class AvatarPublisher(AvatarRunner):
-    """AvatarRunner with the video published per `video_publishing`.
+    """AvatarRunner with the video published per `video_publishing`, and sent in step with its audio.
 
     Overrides AvatarRunner's (private) publish step, otherwise the same:
-    audio first, video once someone listens, as livekit-agents does.
+    audio first, video once someone listens, as livekit-agents does. Its
+    synchronizer is replaced by lip_sync.AudioPacedSynchronizer (upstream's
+    sends the picture ahead of its sound by the audio queue's depth).
     tests/unit/test_publishing_drift.py fails when the installed
     livekit-agents' copy of that step no longer matches this one.
     """
@@ -69,6 +79,15 @@ class AvatarPublisher(AvatarRunner):
     ) -> None:
         super().__init__(room, audio_recv=audio_recv, video_gen=video_gen, options=options)
         self._publishing = publishing
+        upstream = self._av_sync
+        self._av_sync = lip_sync.AudioPacedSynchronizer(
+            audio_source=self._audio_source,
+            video_source=self._video_source,
+            video_fps=options.video_fps,
+            audio_queue_ms=self._queue_size_ms,
+        )
+        # Nothing was pushed into it yet: closing only ends its capture task.
+        self._upstream_sync_closed = asyncio.ensure_future(upstream.aclose())
 
     async def _publish_track(self) -> None:
         # livekit-agents' method, line for line, but for `video_options`.
