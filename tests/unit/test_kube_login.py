@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
@@ -176,3 +177,26 @@ def test_a_missing_client_certificate_is_a_clear_error(tmp_path: pathlib.Path) -
     login = kube_login.Login(host="https://127.0.0.1:1", cert_file=str(tmp_path / "missing.crt"))
     with pytest.raises(kube_login.ConfigError, match="missing.crt"):
         kube_login.ssl_context(login)
+
+
+def test_the_operators_process_never_loads_the_kubernetes_library() -> None:
+    # What `avatar-operator run` imports before kopf.run, in a fresh interpreter with the library installed.
+    code = (
+        "import sys\n"
+        "from avatar_operator import cli\n"
+        "cli.hide_kubernetes_library()\n"
+        "from avatar_operator import run\n"
+        "from avatar_operator.controller import handlers, login\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes' and sys.modules[m] is not None))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_hiding_the_library_leaves_a_process_that_has_it_alone() -> None:
+    import kubernetes  # noqa: F401 - a test process that uses it (the integration tests' client)
+    from avatar_operator import cli
+
+    cli.hide_kubernetes_library()
+    assert sys.modules["kubernetes"] is not None
