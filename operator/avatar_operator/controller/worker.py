@@ -4,8 +4,8 @@ A worker (one kopf daemon per AvatarSession) runs the steps on the session's
 context, the single writer of its status. Everything it decides is recorded
 in status before it acts on the world, so a restarted operator resumes where
 the last one stopped: owned objects have fixed names and are created only
-when absent, and the cloud request carries an idempotency key recorded
-before it is sent. The steps of each mode live beside it: `local_mode`,
+when absent, and the cloud request carries an idempotency key a restarted
+operator sends again (the session's uid, or one recorded before it is sent). The steps of each mode live beside it: `local_mode`,
 `cloud_mode`, then `room_watch`.
 """
 
