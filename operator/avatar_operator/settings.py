@@ -97,9 +97,10 @@ class WebhookSettings(_Group):
     """LiveKit's webhooks: a receiver that wakes a session's worker when its room changes.
 
     Off by default (port 0): the worker then polls LiveKit quickly while the
-    avatar comes. On, it polls only every `fallback_poll_s` while waiting, as
-    the fallback when a webhook is lost. livekit-server signs each webhook with
-    one of its keys; the receiver verifies with that key's secret."""
+    avatar comes. On, it polls only as the fallback when a webhook is lost:
+    first after `fallback_poll_s`, then x1.5 per poll up to `fallback_max_s`
+    while waiting. livekit-server signs each webhook with one of its keys; the
+    receiver verifies with that key's secret."""
 
     port: int = Field(0, ge=0, le=65535, validation_alias="AVATAR_WEBHOOK_PORT")
     bind: str = Field("0.0.0.0", validation_alias="AVATAR_WEBHOOK_BIND")  # a pod: every address it has
@@ -107,6 +108,7 @@ class WebhookSettings(_Group):
     api_key: Credential = Field("", repr=False, validation_alias=AliasChoices("AVATAR_WEBHOOK_API_KEY", "LIVEKIT_API_KEY"))
     api_secret: Credential = Field("", repr=False, validation_alias=AliasChoices("AVATAR_WEBHOOK_API_SECRET", "LIVEKIT_API_SECRET"))
     fallback_poll_s: Seconds = Field(3.0, validation_alias="AVATAR_WEBHOOK_FALLBACK_POLL")
+    fallback_max_s: Seconds = Field(30.0, validation_alias="AVATAR_WEBHOOK_FALLBACK_POLL_MAX")
 
     @property
     def enabled(self) -> bool:

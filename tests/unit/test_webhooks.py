@@ -229,3 +229,15 @@ async def test_after_a_webhook_the_worker_asks_quickly_again_until_the_video_com
     await h.run(until=20)
     # The quick schedule (0.5 s, then x1.5), not the 3 s fallback.
     assert 7.9 < h.kube.first("Running").t <= 7.9 + 1.0, h.room.observed
+
+
+async def test_while_webhooks_come_a_waiting_session_polls_late_and_ever_less_often() -> None:
+    h = with_webhooks()  # the watch begins at t=0, with the runner pod created
+    await h.run(until=300)
+    polls = h.room.observed
+    # Not at once: the avatar was only just asked for, and its joining is a webhook.
+    assert polls and polls[0] >= FALLBACK - 1e-9, polls
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(gaps)), gaps  # never quicker again
+    assert max(gaps) <= settings_mod.WebhookSettings().fallback_max_s + 1e-9 and gaps[-1] == max(gaps), gaps
+    assert len(polls) <= 15, polls  # the 3 s fallback alone would have asked ~100 times

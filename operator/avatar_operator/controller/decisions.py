@@ -21,6 +21,9 @@ MISSING_POLL_S = 1.0
 # A warm pool's avatar is there within a second of its launch: asked about often at first.
 WARM_FIRST_POLL_S = 0.2
 WARM_POLL_GROWTH = 1.15
+# With LiveKit's webhooks a poll is only the fallback for a lost one: the wait grows by this much
+# per poll, up to the settings' cap, so a thousand sessions waiting ask LiveKit rarely.
+FALLBACK_GROWTH = 1.5
 
 
 class Verdict(enum.Enum):
@@ -38,6 +41,7 @@ class Presence:
     absent_since: float | None = None  # monotonic time the avatar was first missed
     interval: float = FIRST_POLL_S  # seconds to the next poll
     growth: float = POLL_GROWTH  # the interval's growth while waiting
+    cap: float = SLOW_POLL_S  # the longest interval while waiting
 
 
 def observe(presence: Presence, seen: livekit.RoomView, now: float, grace_s: float) -> tuple[Verdict, Presence]:
@@ -46,14 +50,14 @@ def observe(presence: Presence, seen: livekit.RoomView, now: float, grace_s: flo
     A LiveKit restart or a reconnect looks like a departure for a moment: a
     Ready avatar must stay away for `grace_s` before the session ends."""
     if seen.avatar_publishing_video:
-        return Verdict.PUBLISHING, Presence(was_present=True, interval=SLOW_POLL_S, growth=presence.growth)
+        return Verdict.PUBLISHING, Presence(was_present=True, interval=SLOW_POLL_S, growth=presence.growth, cap=presence.cap)
     if presence.was_present and not seen.avatar_present:
         since = now if presence.absent_since is None else presence.absent_since
         verdict = Verdict.LEFT if now - since >= grace_s else Verdict.MISSING
-        return verdict, Presence(was_present=True, absent_since=since, interval=MISSING_POLL_S, growth=presence.growth)
+        return verdict, Presence(was_present=True, absent_since=since, interval=MISSING_POLL_S, growth=presence.growth, cap=presence.cap)
     if presence.was_present:  # back, or still there without video: not a departure
         return Verdict.WAITING, dataclasses.replace(presence, absent_since=None)
-    return Verdict.WAITING, dataclasses.replace(presence, interval=min(presence.interval * presence.growth, SLOW_POLL_S))
+    return Verdict.WAITING, dataclasses.replace(presence, interval=min(presence.interval * presence.growth, presence.cap))
 
 
 def deadline(start: datetime.datetime | None, max_duration_s: float | None) -> datetime.datetime | None:
@@ -83,3 +87,8 @@ def first_presence(was_present: bool, warm: bool) -> Presence:
     if warm:
         return Presence(was_present=was_present, interval=WARM_FIRST_POLL_S, growth=WARM_POLL_GROWTH)
     return Presence(was_present=was_present)
+
+
+def fallback_presence(was_present: bool, first_s: float, cap_s: float) -> Presence:
+    """The poll schedule while a webhook receiver listens: the fallback, growing to its cap."""
+    return Presence(was_present=was_present, interval=first_s, growth=FALLBACK_GROWTH, cap=max(first_s, cap_s))

@@ -30,7 +30,7 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
     warm = spec.pool_ref is not None
     ctx.clients.mailboxes.watch_room(ctx.ref.uid, spec.room, identity)
     presence = first_presence(ctx, ctx.is_true(Cond.READY), warm)
-    next_poll = clock.monotonic()
+    next_poll = clock.monotonic() + first_wait(ctx, presence, warm)
     while True:
         # The deadline first: a runner pod gone because the last operator
         # stopped it at maxDuration (and died before it wrote so) is not a failure.
@@ -49,7 +49,7 @@ async def watch(ctx: context.SessionContext, spec: spec_mod.AvatarSessionSpec, l
             presence = quickened(presence, warm)
         if woken or clock.monotonic() >= next_poll:
             presence = await poll_room(ctx, spec, room, identity, presence, keys=lk.source())
-            next_poll = clock.monotonic() + interval(ctx, presence)
+            next_poll = clock.monotonic() + presence.interval
         ctx.end_if_stopped()
         await ctx.flush()
         timeout = next_poll - clock.monotonic()
@@ -61,22 +61,24 @@ def first_presence(ctx: context.SessionContext, was_present: bool, warm: bool) -
     """The poll schedule: quick while waiting, or, while a webhook receiver listens, the slow fallback."""
     if not ctx.clients.mailboxes.webhooks_live:
         return decisions.first_presence(was_present, warm)
-    fallback = ctx.settings.webhook.fallback_poll_s
-    return decisions.Presence(was_present=was_present, interval=fallback, growth=1.0)
+    webhook = ctx.settings.webhook
+    return decisions.fallback_presence(was_present, webhook.fallback_poll_s, webhook.fallback_max_s)
+
+
+def first_wait(ctx: context.SessionContext, presence: decisions.Presence, warm: bool) -> float:
+    """Seconds to the first poll. At once, but for an avatar just asked for while webhooks come:
+    it cannot be in the room yet, and its joining is a webhook (a burst of sessions then asks
+    LiveKit nothing while it is created). A warm pool's avatar may have joined already."""
+    if ctx.clients.mailboxes.webhooks_live and not warm and not presence.was_present:
+        return presence.interval
+    return 0.0
 
 
 def quickened(presence: decisions.Presence, warm: bool) -> decisions.Presence:
     """After a webhook about the avatar, the quick schedule again until it is seen: its video may
     come a moment after the event (a second track, a track unmuted), and no webhook says so."""
     quick = decisions.first_presence(presence.was_present, warm)
-    return decisions.Presence(presence.was_present, presence.absent_since, quick.interval, quick.growth)
-
-
-def interval(ctx: context.SessionContext, presence: decisions.Presence) -> float:
-    """Seconds to the next poll; while webhooks come and the avatar is awaited, never more than the fallback."""
-    if ctx.clients.mailboxes.webhooks_live and not ctx.is_true(Cond.READY):
-        return min(presence.interval, ctx.settings.webhook.fallback_poll_s)
-    return presence.interval
+    return decisions.Presence(presence.was_present, presence.absent_since, quick.interval, quick.growth, presence.cap)
 
 
 async def poll_room(
