@@ -52,6 +52,8 @@ AGENT = "agent-1"
 AVATAR = "bithuman-avatar-agent"
 FPS = 25.0
 SILENCE_DBFS = -50.0
+# Windows of the offset and the viewer's jitter buffers (av_offset_windows).
+NET_WINDOW_S = 5.0
 STARTUP_TIMEOUT_S = 120.0
 
 
@@ -149,6 +151,45 @@ def av_offset_onsets_ms(viewer: Viewer, start: float, end: float) -> tuple[float
     if not lags:
         return math.nan, 0
     return round(1000 * float(np.median(lags)), 1), len(lags)
+
+
+def jitter_buffer_ms(viewer: Viewer, kind: str, start: float, end: float) -> float:
+    """Mean time (ms) the `kind` track's media waited in the viewer's own jitter buffer over [start, end]."""
+    samples = [(delay, emitted) for t, k, delay, emitted in viewer.jitter if k == kind and start <= t <= end]
+    if len(samples) < 2 or samples[-1][1] <= samples[0][1]:
+        return math.nan
+    return round(1000 * (samples[-1][0] - samples[0][0]) / (samples[-1][1] - samples[0][1]), 1)
+
+
+def av_offset_windows(viewer: Viewer, start: float, end: float) -> list[dict[str, float]]:
+    """The offset and the viewer's own jitter-buffer delays per NET_WINDOW_S window, in ms.
+
+    In a room LiveKit creates on join (no sync_streams) a viewer plays each
+    track as soon as its own jitter buffer lets it: on this shared machine the
+    audio one swells to 0.2-1 s within seconds of the speech's start and
+    drains over ~15 s while the video one holds 0-40 ms, and the offset the
+    viewer sees follows it (bench/PERFORMANCE.md, "Runner")."""
+    out = []
+    t = start
+    while t + NET_WINDOW_S <= end:
+        offset, _ = av_offset_ms(viewer, t, t + NET_WINDOW_S)
+        out.append({
+            "from_s": round(t - start, 1), "av_offset_ms": offset,
+            "audio_jitter_buffer_ms": jitter_buffer_ms(viewer, "audio", t, t + NET_WINDOW_S),
+            "video_jitter_buffer_ms": jitter_buffer_ms(viewer, "video", t, t + NET_WINDOW_S),
+        })
+        t += NET_WINDOW_S
+    return out
+
+
+def inbound_frames(viewer: Viewer, start: float, end: float) -> dict[str, int]:
+    """Video frames the viewer's WebRTC stack received, decoded and dropped over [start, end]."""
+    samples = [x for x in viewer.video_inbound if start <= x[0] <= end]
+    if len(samples) < 2:
+        return {}
+    first, last = samples[0], samples[-1]
+    return {"rtc_frames_received": last[1] - first[1], "rtc_frames_decoded": last[2] - first[2], "rtc_frames_dropped": last[3] - first[3],
+            "rtc_window_s": round(last[0] - first[0], 2)}
 
 
 def nan_metric(page: str, name: str) -> float:
@@ -269,7 +310,7 @@ class MediaBench:
             result["cpu_cores_per_session"] = round(sum(p["cpu_cores"] for p in good) / len(good), 3)
             result["holds_25fps"] = len(good) == k and result["fps_min"] >= 24.5 and result["drop_ratio_max"] < 0.01
         if viewer is not None and sessions[0].events:
-            (work / "viewer.json").write_text(json.dumps({"video": viewer.video, "audio": viewer.audio, "events": sessions[0].events}))
+            (work / "viewer.json").write_text(json.dumps({"video": viewer.video, "audio": viewer.audio, "jitter": viewer.jitter, "video_inbound": viewer.video_inbound, "events": sessions[0].events}))
             result["viewer"] = self._viewer_figures(viewer, sessions[0])
         log(f"runner k={k}: " + json.dumps({kk: v for kk, v in result.items() if kk not in ("sessions", "speech_source")}))
         return result
@@ -301,6 +342,10 @@ class MediaBench:
             "av_correlation": corr,
             "av_offset_onsets_ms": onset_offset,
             "av_onset_pairs": pairs,
+            "audio_jitter_buffer_ms": jitter_buffer_ms(viewer, "audio", started, finished),
+            "video_jitter_buffer_ms": jitter_buffer_ms(viewer, "video", started, finished),
+            **inbound_frames(viewer, started, finished),
+            "av_offset_windows": av_offset_windows(viewer, started + 0.5, finished - 0.2),
             "first_audio_at_viewer_ms": round(1000 * (loud[0] - speaking), 1) if loud and speaking else math.nan,
             "first_open_mouth_at_viewer_ms": round(1000 * (mouth[0] - speaking), 1) if mouth and speaking else math.nan,
         }
@@ -359,6 +404,10 @@ class MediaBench:
             "av_correlation": viewer.get("av_correlation"),
             "av_offset_onsets_ms": viewer.get("av_offset_onsets_ms"),
             "av_onset_pairs": viewer.get("av_onset_pairs"),
+            "audio_jitter_buffer_ms": viewer.get("audio_jitter_buffer_ms"),
+            "video_jitter_buffer_ms": viewer.get("video_jitter_buffer_ms"),
+            "viewer_rtc_frames": {k: v for k, v in viewer.items() if k.startswith("rtc_")},
+            "av_offset_windows": viewer.get("av_offset_windows"),
             "first_audio_at_viewer_ms": viewer.get("first_audio_at_viewer_ms"),
             "frame_gap_p99_ms": viewer.get("frame_gap_p99_ms"),
             "runner_fps": s0.get("runner_fps"),

@@ -16,6 +16,8 @@ from livekit import api, rtc
 
 # A received audio frame of digital silence, in dBFS (finite, so it stays JSON).
 SILENT_DBFS = -120.0
+# How often the receive path's jitter-buffer statistics are read.
+JITTER_SAMPLE_S = 1.0
 # Frames narrower than this (the first of a simulcast layer can be tiny
 # placeholders) are counted, their mouth not read (NaN).
 MIN_MOUTH_WIDTH = 128
@@ -65,6 +67,11 @@ class Viewer:
     video: list[tuple[float, int, float]] = dataclasses.field(default_factory=list)  # t, width, mouth darkness
     audio: list[tuple[float, float, int]] = dataclasses.field(default_factory=list)  # t, dBFS, samples
     publishers: set[str] = dataclasses.field(default_factory=set)  # identities of the tracks' publishers
+    # t, "audio" | "video", the inbound stream's cumulative jitterBufferDelay (s) and jitterBufferEmittedCount:
+    # how long what the viewer got waited in its own receive buffers.
+    jitter: list[tuple[float, str, float, int]] = dataclasses.field(default_factory=list)
+    # t, the video's inbound framesReceived, framesDecoded, framesDropped: where frames went missing.
+    video_inbound: list[tuple[float, int, int, int]] = dataclasses.field(default_factory=list)
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
     async def join(self, url: str, token: str) -> None:
@@ -88,6 +95,19 @@ class Viewer:
         self.publishers.add(who.identity)
         consume = self._watch(track) if track.kind == rtc.TrackKind.KIND_VIDEO else self._listen(track)
         self.tasks.append(asyncio.create_task(consume))
+        self.tasks.append(asyncio.create_task(self._sample_jitter(track)))
+
+    async def _sample_jitter(self, track: rtc.Track) -> None:
+        kind = "video" if track.kind == rtc.TrackKind.KIND_VIDEO else "audio"
+        while True:
+            await asyncio.sleep(JITTER_SAMPLE_S)
+            for stats in await track.get_stats():
+                if stats.HasField("inbound_rtp"):
+                    inbound = stats.inbound_rtp.inbound
+                    now = time.time()
+                    self.jitter.append((now, kind, inbound.jitter_buffer_delay, inbound.jitter_buffer_emitted_count))
+                    if kind == "video":
+                        self.video_inbound.append((now, inbound.frames_received, inbound.frames_decoded, inbound.frames_dropped))
 
     async def _watch(self, track: rtc.Track) -> None:
         async for event in rtc.VideoStream(track):
