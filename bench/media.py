@@ -56,6 +56,12 @@ SILENCE_DBFS = -50.0
 NET_WINDOW_S = 5.0
 NET_MAX_BUFFER_MS = 400.0
 STARTUP_TIMEOUT_S = 120.0
+# The demo agent hands its speech over at most this many times as fast as it
+# plays, as a streaming TTS does. All at once (a 30-60 s utterance in one
+# burst, through the server and the viewer on the same two cores) swelled the
+# viewer's audio jitter buffer to 0.25-1.2 s and lost 3-4 % of its frames
+# (bench/PERFORMANCE.md, "Lip sync").
+AGENT_PACE = 2.0
 
 
 def participant_token(env: dict[str, str], room: str, identity: str, *, agent: bool = False) -> str:
@@ -270,7 +276,7 @@ class MediaBench:
                     s.agent = await asyncio.create_subprocess_exec(
                         sys.executable, "-m", "avatar_runner.demo_agent", "--url", env["LIVEKIT_URL"],
                         "--token", participant_token(env, s.room, AGENT, agent=True), "--avatar-identity", AVATAR,
-                        "--wav", str(wav), "--lead-in", "1.5", "--linger", "1.0",
+                        "--wav", str(wav), "--lead-in", "1.5", "--linger", "1.0", "--pace", str(AGENT_PACE),
                         cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=open(work / f"agent-{s.j}.log", "wb"),
                     )
                 async def watchdog() -> None:

@@ -36,6 +36,18 @@ from .exits import exit_now
 DEFAULT_AVATAR_IDENTITY = "bithuman-avatar-agent"  # livekit-plugins-bithuman's default
 CHUNK_S = 0.05  # TTS plugins hand over 10-100 ms frames
 SYNTHETIC_RATE = 24000
+# With --pace: seconds of speech sent at once before the pace applies.
+HEAD_START_S = 1.0
+
+
+def send_wait(sent_s: float, elapsed_s: float, pace: float | None, head_start_s: float = HEAD_START_S) -> float:
+    """Seconds to wait before sending more, having sent `sent_s` of speech `elapsed_s` after starting.
+
+    With `pace`, speech goes out at most `pace` times as fast as it plays
+    after a head start, as a streaming TTS hands it over; without, at once."""
+    if pace is None:
+        return 0.0
+    return max(0.0, (sent_s - head_start_s) / pace - elapsed_s)
 
 
 def emit(event: str, **details: Any) -> None:
@@ -88,8 +100,9 @@ async def speak(
     *,
     utterance: int,
     interrupt_after: float | None,
+    pace: float | None = None,
 ) -> None:
-    """One utterance: push it all, flush, wait for the avatar to finish it."""
+    """One utterance: push it all (at most `pace` x real time), flush, wait for the avatar to finish it."""
     started = asyncio.Event()
 
     def on_started(_: object) -> None:
@@ -100,7 +113,11 @@ async def speak(
     output.on("playback_started", on_started)
     emit("speaking", utterance=utterance, seconds=round(len(samples) / rate, 3))
     chunk = int(rate * CHUNK_S)
+    began = time.monotonic()
     for offset in range(0, len(samples), chunk):
+        wait = send_wait(offset / rate, time.monotonic() - began, pace)
+        if wait > 0:
+            await asyncio.sleep(wait)
         piece = samples[offset:offset + chunk]
         await output.capture_frame(rtc.AudioFrame(piece.tobytes(), rate, 1, len(piece)))
     output.flush()
@@ -159,6 +176,7 @@ async def run(args: argparse.Namespace) -> int:
                 rate,
                 utterance=utterance,
                 interrupt_after=args.interrupt_last_after if last else None,
+                pace=args.pace,
             )
         await asyncio.sleep(args.linger)
     finally:
@@ -183,11 +201,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--interrupt-last-after", type=float, metavar="SECONDS",
                         help="send lk.clear_buffer SECONDS after the last utterance starts playing")
     parser.add_argument("--linger", type=float, default=0.0, help="seconds to stay after the last utterance")
+    parser.add_argument("--pace", type=float, metavar="X",
+                        help="send speech at most X times as fast as it plays, after a 1 s head start, "
+                             "as a streaming TTS does (default: all at once)")
     args = parser.parse_args(argv)
     if not args.url or not args.token:
         parser.error("a LiveKit URL and token are required (--url/--token or LIVEKIT_URL/LIVEKIT_TOKEN)")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.pace is not None and args.pace <= 0:
+        parser.error("--pace must be above 0 (e.g. 2: twice as fast as the speech plays)")
     return args
 
 
