@@ -71,14 +71,17 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     await clients.kube.close()
 
 
+# Every handler here is async, the indexes too: kopf runs a sync handler in a thread of its
+# executor (a hop and a shielded task per call, several per event), and a pod event posted to
+# a mailbox from there would touch asyncio objects off their loop.
 @kopf.index(*RESOURCE)
-def avatar_claims(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[claims.Key, claims.Claim]:
+async def avatar_claims(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[claims.Key, claims.Claim]:
     """Every session's (LiveKit URL, room, avatar identity), kept by kopf in memory."""
     return claims.entry(body, memo.settings.livekit.url)
 
 
 @kopf.index(*RESOURCE)
-def pool_bookings(body: kopf.Body, **_: Any) -> dict[tuple[str, str], pool_worker.IndexedBooking]:
+async def pool_bookings(body: kopf.Body, **_: Any) -> dict[tuple[str, str], pool_worker.IndexedBooking]:
     """Every live pool session's placement (its status.runner), by (namespace, pool): a restarted
     operator's bookings come from here, as its status is the record of each one."""
     status = body.get("status") or {}
@@ -90,14 +93,14 @@ def pool_bookings(body: kopf.Body, **_: Any) -> dict[tuple[str, str], pool_worke
 
 
 @kopf.index(*RESOURCE)
-def cloud_slots(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[cloud_queue.Key, cloud_queue.Slot]:
+async def cloud_slots(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[cloud_queue.Key, cloud_queue.Slot]:
     """Every cloud session's place at its bitHuman credential's budget, from its status: a restarted
     operator counts the same slots as the last one."""
     return cloud_queue.entry(body, memo.settings)
 
 
 @kopf.index(*RESOURCE)
-def session_phases(body: kopf.Body, **_: Any) -> dict[str, None]:
+async def session_phases(body: kopf.Body, **_: Any) -> dict[str, None]:
     """Every session under its phase, for the sessions-by-phase gauge (an index: kopf logs no line per event)."""
     return {str((body.get("status") or {}).get("phase") or ""): None}
 
@@ -151,7 +154,7 @@ async def finalize_pool(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels={names.MANAGED_BY_LABEL: names.MANAGER, names.POOL_LABEL: kopf.PRESENT})
-def pool_runner_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def pool_runner_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Hands a pool runner pod's newest state to its pool's view (runners as Pods)."""
     pod: dict[str, Any] = dict(event["object"])
     launcher = memo.clients.pool_launcher
@@ -163,7 +166,7 @@ def pool_runner_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels={names.MANAGED_BY_LABEL: names.MANAGER, names.SESSION_LABEL: kopf.PRESENT})
-def runner_pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+async def runner_pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Hands the runner pod's newest state to its session's worker."""
     pod: dict[str, Any] = dict(event["object"])
     boxes: mailbox.Mailboxes = memo.clients.mailboxes
