@@ -174,11 +174,12 @@ def test_cloud_session_retries_503_then_is_accepted(stack: Stack, operator: Oper
     assert len(sessions) == 1
 
 
-def test_cloud_session_reaches_starting_in_two_status_writes(stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str) -> None:
+def test_cloud_session_reaches_starting_in_one_status_write(stack: Stack, operator: Operator, fake_api: FakeAPI, credentials: str) -> None:
     """Every write costs the API server a validation and a fan-out to each
-    watcher: a cloud session writes status twice on its way to Starting (the
-    idempotency key with attempt 1, before the POST; then accepted), and kopf
-    writes only its finalizer (no last-handled-configuration)."""
+    watcher: a cloud session whose request is answered at once writes status
+    once on its way to Starting (its idempotency key is its uid, so the record
+    rides on the answer's write: controller/cloud_attempts.py), and kopf writes
+    only its finalizer (no last-handled-configuration)."""
     ns = credentials
     seen: list[dict[str, Any]] = []
 
@@ -202,15 +203,15 @@ def test_cloud_session_reaches_starting_in_two_status_writes(stack: Stack, opera
     objs = [e["object"] for e in seen]
     assert objs[-1]["status"]["phase"] == "Starting", objs[-1].get("status")
     status_writes = [o["status"] for prev, o in zip(objs, objs[1:]) if o.get("status") != prev.get("status")]
-    assert len(status_writes) == 2, [w.get("conditions") for w in status_writes]
-    first = status_writes[0]
-    assert first["cloudRequest"]["idempotencyKey"] and first["attempts"] == 1
-    assert {c["type"]: c["status"] for c in first["conditions"]} == {
-        "Accepted": "True", "CredentialsReady": "True", "CloudRequestAccepted": "False", "Ready": "False", "Reconciling": "True", "Stalled": "False",
+    assert len(status_writes) == 1, [w.get("conditions") for w in status_writes]
+    [starting] = status_writes
+    assert starting["cloudRequest"]["idempotencyKey"] == objs[0]["metadata"]["uid"] and starting["attempts"] == 1
+    assert {c["type"]: c["status"] for c in starting["conditions"]} == {
+        "Accepted": "True", "CredentialsReady": "True", "CloudRequestAccepted": "True", "Ready": "False", "Reconciling": "True", "Stalled": "False",
     }
-    ready = condition(status_writes[1], "Ready")
+    ready = condition(starting, "Ready")
     assert ready is not None and ready["reason"] == "WaitingForAvatar"
-    assert len(objs) == 1 + 1 + 2, "one ADDED, the finalizer, two status writes"
+    assert len(objs) == 1 + 1 + 1, "one ADDED, the finalizer, one status write"
     assert not any("last-handled" in k for k in objs[-1]["metadata"].get("annotations") or {})
     stack.kubectl("delete", "avatarsession", "cloud-writes", "-n", ns, "--timeout=60s")
 
