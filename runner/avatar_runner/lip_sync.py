@@ -28,6 +28,15 @@ import time
 
 from livekit import rtc
 
+# How much later than its sound a frame is sent. LiveKit rooms created on
+# join (as this product's are) have no sync_streams, so viewers play each
+# track as soon as their own buffers allow, and WebRTC's audio path (Opus
+# packets, NetEq's jitter buffer, the audio device's pulls) outlasts the
+# video's: frames sent with their sound were seen 85-90 ms before it at a
+# viewer (bench, paced agent), and with 50 ms they are seen ~35-40 ms before
+# it, inside EBU R37 (-60..+40 ms). A viewer that synchronizes its tracks
+# (sync_streams) would see the picture 50 ms late instead.
+VIDEO_AFTER_AUDIO_S = 0.05
 # Frames of slack in the video queue beyond those waiting for the audio
 # queue to play: the renderer stays held back by the audio (as upstream),
 # never by a full video queue that would starve the audio queue.
@@ -35,15 +44,15 @@ SLACK_FRAMES = 2
 
 
 def video_queue_ms(audio_queue_ms: float, fps: float) -> float:
-    """Video queue depth that holds the frames waiting for `audio_queue_ms` of audio, plus slack."""
-    frames = math.ceil(audio_queue_ms * fps / 1000) + SLACK_FRAMES
+    """Video queue depth that holds the frames waiting for `audio_queue_ms` of audio (and VIDEO_AFTER_AUDIO_S), plus slack."""
+    frames = math.ceil((audio_queue_ms / 1000 + VIDEO_AFTER_AUDIO_S) * fps) + SLACK_FRAMES
     # Half a frame over: AVSynchronizer truncates fps * ms / 1000 to whole frames.
     return (frames + 0.5) * 1000 / fps
 
 
-def due_at(pushed_at: float, audio_queued_s: float) -> float:
-    """When a frame pushed at `pushed_at` is due: once the audio queued ahead of its slice has played."""
-    return pushed_at + max(0.0, audio_queued_s)
+def due_at(pushed_at: float, audio_queued_s: float, after_audio_s: float = VIDEO_AFTER_AUDIO_S) -> float:
+    """When a frame pushed at `pushed_at` is due: `after_audio_s` after the audio queued ahead of its slice has played."""
+    return pushed_at + max(0.0, audio_queued_s) + after_audio_s
 
 
 class FramePacer:

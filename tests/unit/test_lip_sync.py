@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import time
 
 import numpy as np
@@ -27,15 +28,17 @@ SLICE = int(RATE / FPS)  # 40 ms
 @pytest.mark.parametrize("fps", [24.0, 25.0, 30.0, 60.0])
 def test_video_queue_holds_the_frames_waiting_for_the_audio_queue(fps: float) -> None:
     ms = lip_sync.video_queue_ms(100, fps)
-    waiting = -(-100 * fps // 1000)  # frames in 100 ms of audio, rounded up
+    waiting = math.ceil((0.1 + lip_sync.VIDEO_AFTER_AUDIO_S) * fps)  # frames in 100 ms of audio and the delay after it
     # AVSynchronizer's own arithmetic for its queue's size.
     assert int(fps * ms / 1000) == waiting + lip_sync.SLACK_FRAMES
 
 
 def test_due_when_the_queued_audio_has_played() -> None:
-    assert lip_sync.due_at(10.0, 0.08) == pytest.approx(10.08)
-    assert lip_sync.due_at(10.0, 0.0) == 10.0
-    assert lip_sync.due_at(10.0, -0.01) == 10.0  # an estimate below zero is nothing queued
+    assert lip_sync.due_at(10.0, 0.08, 0.0) == pytest.approx(10.08)
+    assert lip_sync.due_at(10.0, 0.0, 0.0) == 10.0
+    assert lip_sync.due_at(10.0, -0.01, 0.0) == 10.0  # an estimate below zero is nothing queued
+    assert lip_sync.due_at(10.0, 0.08, 0.05) == pytest.approx(10.13)
+    assert lip_sync.due_at(10.0, 0.08) == pytest.approx(10.08 + lip_sync.VIDEO_AFTER_AUDIO_S)
 
 
 def test_pacer_spaces_frames_and_does_not_burst_after_a_stall() -> None:
@@ -81,7 +84,7 @@ async def test_each_frame_waits_for_the_audio_queued_before_its_slice() -> None:
         pushed: dict[int, float] = {}
         for n in range(1, 16):  # as AvatarRunner pushes a renderer's output: a frame, then its slice
             pushed[n] = time.monotonic()
-            due[n] = pushed[n] + audio.queued_duration
+            due[n] = pushed[n] + audio.queued_duration + lip_sync.VIDEO_AFTER_AUDIO_S
             await sync.push(_video(n))
             await sync.push(_slice())
             if n == 1:
@@ -92,9 +95,9 @@ async def test_each_frame_waits_for_the_audio_queued_before_its_slice() -> None:
         await asyncio.wait_for(sync.wait_for_playout(), 10)
         assert [tag for _, tag in video.captured] == list(range(1, 16))
         # Audio really was queued ahead of the frames (upstream's synchronizer sends them regardless).
-        assert max(due[tag] - pushed[tag] for tag in due) > 0.05
+        assert max(due[tag] - pushed[tag] - lip_sync.VIDEO_AFTER_AUDIO_S for tag in due) > 0.05
         for at, tag in video.captured:
-            assert at >= due[tag] - 0.002, f"frame {tag} went {1000 * (due[tag] - at):.0f} ms before its sound"
+            assert at >= due[tag] - 0.002, f"frame {tag} went {1000 * (due[tag] - at):.0f} ms before it was due"
     finally:
         await sync.aclose()
         await audio.aclose()
