@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
-from avatar_operator.clients import kube
+from avatar_operator.clients import kube, kube_login
 from avatar_operator.clients.kube import ApiError
 
 __all__ = ["ApiError", "BenchKube", "path_for"]
@@ -43,6 +43,7 @@ class BenchKube:
 
     def __init__(self, kubeconfig: str, *, pool: int = 64) -> None:
         self.config, self.tls = kube.load_config(kubeconfig)
+        self._bearer = kube_login.bearer(self.config)
         self.kube = kube.Kube(self.config, self.tls, pool=pool)
         self._watches: aiohttp.ClientSession | None = None
 
@@ -88,9 +89,9 @@ class BenchKube:
             self._watches = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.tls), timeout=WATCH_TIMEOUT)
         params = {"watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true", "timeoutSeconds": "1800"}
         headers = {"Accept": "application/json"}
-        token = self.config.auth_settings().get("BearerToken")
-        if token and token["value"]:
-            headers["Authorization"] = str(token["value"])
+        authorization = self._bearer()
+        if authorization:
+            headers["Authorization"] = authorization
         async with self._watches.get(self.config.host + path, params=params, headers=headers) as r:
             if r.status >= 400:
                 raise ApiError("GET", path, r.status, await r.text())

@@ -65,12 +65,6 @@ class Login:
     token_file: str | None = None  # re-read while the process runs (rotation)
     namespace: str | None = None  # the context's, or the pod's
 
-    def auth_settings(self) -> dict[str, dict[str, str]]:
-        """The kubernetes library's Configuration.auth_settings() shape, kept only for
-        bench/kubeapi.py's watch stream (it reads the header this way)."""
-        value = bearer(self)()
-        return {"BearerToken": {"value": value}} if value else {}
-
 
 def load(kubeconfig: str | None = None) -> Login:
     """An explicit kubeconfig; else the service account in a pod; else KUBECONFIG or ~/.kube/config."""
