@@ -1,22 +1,24 @@
-"""Each video frame sent when the speech rendered with it starts to play.
+"""Each video frame sent a fixed 50 ms after the speech rendered with it starts to play.
 
 livekit-agents' AvatarRunner pushes every frame and its slice of speech into
 LiveKit's AVSynchronizer. The speech goes into an AudioSource queue (100 ms
-deep) that plays out in real time; the video frame is captured at once: while
-speech flows, the full audio queue is what holds the renderer back, so the
-synchronizer's video queue stays empty. The picture therefore left the runner
-by the audio queue's depth ahead of its sound (~76 ms measured at the
-runner, 100-170 ms at a viewer; bench/PERFORMANCE.md, "Runner").
+deep) that plays out in real time; the video frame is captured once the
+synchronizer's small video queue lets it. When the full audio queue is what
+holds the renderer back, that video queue stays empty and the picture left
+the runner ~76 ms ahead of its sound; when idle frames had filled it as the
+speech began, the picture left 30-75 ms behind. Which of the two a session
+got depended on what the queues held at the speech's start
+(bench/PERFORMANCE.md, "Lip sync").
 
 `AudioPacedSynchronizer` stamps each video frame, as it is pushed, with the
 time the audio queued before it will have played (that frame's slice is
-queued right after it), and captures the frame then. The due time is read
-from the audio queue itself, so it holds however full the queue runs and
-however late a busy machine runs the loop: a late frame goes at once, never
-earlier than its sound. While nothing is queued (silence) the renderer is
-held to the frame rate before its frame is queued, not after: upstream's
-queue of idle frames (2-3 frames) delayed the first frames of speech behind
-sound that played at once.
+queued right after it) plus VIDEO_AFTER_AUDIO_S, and captures the frame then.
+The due time is read from the audio queue itself, so it holds however full
+the queue runs and however late a busy machine runs the loop: a late frame
+goes at once, never earlier than due. While nothing is queued (silence) the
+renderer is held to the frame rate before its frame is queued, not after:
+upstream's queue of idle frames (2-3 frames) delayed the first frames of
+speech behind sound that played at once.
 """
 
 from __future__ import annotations
