@@ -98,6 +98,7 @@ class AudioPacedSynchronizer(rtc.AVSynchronizer):
         # Before super().__init__: it starts _capture_video, which uses them.
         self._pacer = FramePacer(video_fps)
         self._captured: collections.deque[float] = collections.deque(maxlen=max(2, round(video_fps)))
+        self._cleared = 0  # bumped by clear_queue: a frame waiting for its due time then is stale
         super().__init__(
             audio_source=audio_source,
             video_source=video_source,
@@ -122,12 +123,20 @@ class AudioPacedSynchronizer(rtc.AVSynchronizer):
     async def _capture_video(self) -> None:
         while not self._stopped:
             frame, due = await self._video_queue.get()
+            cleared = self._cleared
             wait = (due or 0.0) - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            self._video_source.capture_frame(frame)
-            self._captured.append(time.monotonic())
+            # An interruption while it waited: its speech was dropped, so is it
+            # (it would show the mouth open up to ~150 ms after the cut).
+            if cleared == self._cleared:
+                self._video_source.capture_frame(frame)
+                self._captured.append(time.monotonic())
             self._video_queue.task_done()
+
+    async def clear_queue(self) -> None:
+        self._cleared += 1
+        await super().clear_queue()
 
     def reset(self) -> None:
         self._pacer.reset()

@@ -125,6 +125,28 @@ async def test_silent_frames_are_paced_not_queued() -> None:
         await video.aclose()
 
 
+async def test_an_interruption_drops_the_frames_waiting_for_its_speech() -> None:
+    audio = rtc.AudioSource(RATE, 1, queue_size_ms=100)
+    video = _RecordingVideoSource()
+    sync = lip_sync.AudioPacedSynchronizer(audio_source=audio, video_source=video, video_fps=FPS, audio_queue_ms=100)
+    try:
+        for n in range(1, 6):
+            await sync.push(_video(n))
+            await sync.push(_slice())
+        await sync.clear_queue()  # the agent's user barged in
+        cleared_at = time.monotonic()
+        await sync.push(_video(99))  # the renderer's next frame, mouth closed
+        await asyncio.wait_for(sync.wait_for_playout(), 10)
+        # Every frame before the cut that had not gone yet is dropped, the one
+        # waiting for its due time included; the frame after it goes.
+        after = [tag for at, tag in video.captured if at >= cleared_at]
+        assert after == [99]
+    finally:
+        await sync.aclose()
+        await audio.aclose()
+        await video.aclose()
+
+
 def test_upstream_internals_it_relies_on_are_there() -> None:
     """AudioPacedSynchronizer overrides AVSynchronizer's private capture loop and
     AvatarPublisher swaps AvatarRunner's synchronizer: both go silently dead if
