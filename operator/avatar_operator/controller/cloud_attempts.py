@@ -24,7 +24,8 @@ Cond = status_mod.ConditionType
 Reason = status_mod.Reason
 Change = context.Change
 
-SENT_WRITE_DELAY_S = 1.0
+# Not shorter: under a burst the loop itself runs late, and every early write would be one more.
+SENT_WRITE_DELAY_S = 3.0
 
 
 class Attempts:
