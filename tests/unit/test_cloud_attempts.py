@@ -3,7 +3,6 @@ makes of a status that holds no request (controller/teardown.py), on the worker'
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -12,19 +11,12 @@ from avatar_operator.api import status as status_mod
 from avatar_operator.controller import cloud_attempts, flights, teardown
 
 from tests.fakes.bithuman_api import FakeBithumanAPI
-from tests.unit.worker_fakes import BITHUMAN_DATA, UID, Harness, Write, cloud_spec
+from tests.unit.worker_fakes import UID, Harness, Write, cloud_spec
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBithumanAPI]:
-    async with FakeBithumanAPI(api_secret=BITHUMAN_DATA["BITHUMAN_API_SECRET"]) as fake:
-        yield fake
+def api(bithuman_api: FakeBithumanAPI) -> FakeBithumanAPI:
+    return bithuman_api  # tests/unit/conftest.py's, under this module's name
 
 
 def cloud(api: FakeBithumanAPI, http: aiohttp.ClientSession, **env: str) -> Harness:

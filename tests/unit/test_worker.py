@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import datetime
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -340,18 +339,6 @@ async def test_restart_with_a_runner_recorded_starts_no_second_runner() -> None:
     assert cond(h.kube.last, "Ready")["status"] == "True"
     assert h.kube.last.status["startTime"] == T0  # kept, not restarted
     assert h.events.reasons() == ["AvatarPublishing"]  # resumed: only what happened since
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def bithuman_api() -> AsyncIterator[FakeBithumanAPI]:
-    async with FakeBithumanAPI(api_secret=BITHUMAN_DATA["BITHUMAN_API_SECRET"]) as api:
-        yield api
 
 
 def cloud(api: FakeBithumanAPI, http: aiohttp.ClientSession, *, spec: dict[str, Any] | None = None, **kwargs: Any) -> Harness:

@@ -5,7 +5,6 @@ The clock is simulated (tests/unit/worker_fakes.py); the HTTP to the fake is rea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -27,15 +26,8 @@ LIMITED = {"status": 403, "body": {"error": {"code": "CONCURRENCY_LIMIT_REACHED"
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBithumanAPI]:
-    async with FakeBithumanAPI(api_secret=BITHUMAN_DATA["BITHUMAN_API_SECRET"]) as fake:
-        yield fake
+def api(bithuman_api: FakeBithumanAPI) -> FakeBithumanAPI:
+    return bithuman_api  # tests/unit/conftest.py's, under this module's name
 
 
 def cloud(api: FakeBithumanAPI, http: aiohttp.ClientSession, **spec: Any) -> Harness:
