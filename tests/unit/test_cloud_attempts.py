@@ -95,3 +95,20 @@ def test_deletion_watches_for_an_avatar_a_dead_operator_may_have_asked_for(
     status: status_mod.AvatarSessionStatus, took_up: bool, watched: bool
 ) -> None:
     assert teardown.may_have_an_avatar_coming(known(took_up=took_up), UID, status) is watched
+
+
+@pytest.mark.parametrize(
+    "settled, may_have_started, watched",
+    [(False, True, True), (True, True, True), (True, False, False)],
+    ids=["in-flight", "cancelled-mid-flight", "refused"],
+)
+def test_deletion_asks_this_operators_flight_when_the_record_was_never_written(settled: bool, may_have_started: bool, watched: bool) -> None:
+    """kopf cancels a deleted session's worker at once: a request it had in flight leaves no record in status."""
+    f = known(took_up=True)
+    f.start(UID)
+    if settled:
+        f.settle(UID, may_have_started=may_have_started)
+    assert teardown.may_have_an_avatar_coming(f, UID, status_of()) is watched
+    f.forget(UID)
+    assert f.get(UID) is None and not f.took_up(UID)
+

@@ -15,7 +15,7 @@ class Flight:
 
 
 class Flights:
-    """The cloud requests in flight, by session uid (one per operator, in kopf's memo)."""
+    """The cloud requests this operator sent, in flight or settled, by session uid (one per operator, in kopf's memo)."""
 
     def __init__(self) -> None:
         self._flights: dict[str, Flight] = {}
@@ -32,13 +32,16 @@ class Flights:
 
     def forget(self, uid: str) -> None:
         self._taken.discard(uid)
+        self._flights.pop(uid, None)
 
     def start(self, uid: str) -> Flight:
         flight = self._flights[uid] = Flight()
         return flight
 
     def settle(self, uid: str, *, may_have_started: bool) -> None:
-        flight = self._flights.pop(uid, None)
+        # Kept until the session is forgotten: a worker cancelled mid-flight (kopf cancels it when
+        # the session is deleted) never writes the request's record, and deletion asks here.
+        flight = self._flights.get(uid)
         if flight is not None:
             flight.may_have_started = may_have_started
             flight.done.set()

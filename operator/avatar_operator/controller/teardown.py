@@ -69,10 +69,13 @@ def watch_if_an_avatar_may_come(
 
 def may_have_an_avatar_coming(known: flights.Flights, uid: str, status: status_mod.AvatarSessionStatus) -> bool:
     """A deleted cloud session whose request is in flight, or accepted (or unknowable) with no avatar seen yet."""
-    if known.get(uid) is not None:
-        return True
+    flight = known.get(uid)
+    if flight is not None and not flight.done.is_set():
+        return True  # in flight
     refused = conditions.find(status, Cond.CLOUD_REQUEST_ACCEPTED)
     if status.cloud_request is None:
+        if flight is not None:  # sent from here, its record never written (the worker was cancelled)
+            return flight.may_have_started
         return not known.took_up(uid) and _may_have_sent_unrecorded(status)
     return status.ready_time is None and not (refused is not None and refused.reason == Reason.REQUEST_REJECTED)
 
