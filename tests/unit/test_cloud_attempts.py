@@ -67,6 +67,17 @@ async def test_with_a_concurrency_budget_the_request_is_written_before_it_is_sen
     assert h.kube.writes[1].phase == "Starting"
 
 
+async def test_a_failed_first_attempt_is_written_before_the_retry_waits(api: FakeBithumanAPI, http: aiohttp.ClientSession) -> None:
+    api.script([{"status": 503}, {}])
+    h = cloud(api, http)
+    await h.run(until=5)
+
+    first, second, starting = h.kube.writes[:3]
+    assert first.status["attempts"] == 1 and "attempt 1 of" in sent(first)["message"]
+    assert second.status["attempts"] == 2 and "attempt 2 of" in sent(second)["message"] and second.t > first.t  # after the wait
+    assert starting.phase == "Starting" and starting.status["attempts"] == 2
+
+
 def status_of(*conds: tuple[str, str, str], **fields: Any) -> status_mod.AvatarSessionStatus:
     raw = [{"type": t, "status": s, "reason": r, "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"} for t, s, r in conds]
     return status_mod.from_wire({"conditions": raw, **fields})

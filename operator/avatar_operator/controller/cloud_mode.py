@@ -160,6 +160,7 @@ async def _send(
     attempts = cloud_attempts.Attempts(ctx, before=before, write_first=write_first, max_retry=lambda: retry_policy(ctx).max_retry)
 
     async def sleep(seconds: float) -> None:
+        await ctx.flush()  # a retry is a wait: a quiet first attempt is written before it
         left = ctx.seconds_left()
         if await ctx.clients.clock.wait(ctx.stopped, seconds if left is None else max(0.0, min(seconds, left))):
             raise context.Ended  # deleted between two attempts: send no more
