@@ -74,6 +74,14 @@ def test_a_context_naming_a_missing_cluster_or_bad_data_is_a_clear_error(tmp_pat
         kube_login.from_kubeconfig([write(tmp_path / "c2", bad)])
 
 
+def test_a_kubeconfig_that_does_not_parse_is_named_without_quoting_its_lines(tmp_path: pathlib.Path) -> None:
+    broken = tmp_path / "broken"
+    broken.write_text("users:\n- name: u\n  user:\n    token: sEcReT-token-123 :\n")
+    with pytest.raises(kube_login.ConfigError, match=r"not valid YAML at line 4, column \d+: mapping values are not allowed here") as e:
+        kube_login.from_kubeconfig([str(broken)])
+    assert "sEcReT" not in str(e.value)  # PyYAML's own message quotes the line
+
+
 def test_in_cluster_reads_the_service_account_and_rereads_a_rotated_token(tmp_path: pathlib.Path) -> None:
     (tmp_path / "token").write_text("one\n")
     (tmp_path / "ca.crt").write_text("")

@@ -128,7 +128,10 @@ def _read(name: str) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"kubeconfig {name}: cannot read: {e.strerror}: set KUBECONFIG to a readable file") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"kubeconfig {name}: not valid YAML: {' '.join(str(e).split())}") from e
+        # Not str(e): PyYAML quotes the offending line, and that may be a token's.
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"kubeconfig {name}: not valid YAML{where}: {getattr(e, 'problem', None) or 'it does not parse'}") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
