@@ -32,7 +32,9 @@ def connection_info(login: kube_login.Login) -> kopf.ConnectionInfo:
 
 
 @kopf.on.login()
-def login(**_: Any) -> kopf.ConnectionInfo:
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    # Async like every handler here (tests/unit/test_handlers_async.py); it reads a few small files, once
+    # at start and after a 401.
     try:
         return connection_info(kube_login.load())
     except kube_login.ConfigError as e:
