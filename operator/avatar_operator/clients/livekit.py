@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import datetime
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 from livekit import api
@@ -62,24 +62,41 @@ def view(participants: Sequence[models.ParticipantInfo], avatar_identity: str, s
 # livekit-api signs a fresh JWT for every call, which cost the operator more
 # CPU than the call itself when a thousand sessions poll.
 TOKEN_TTL = datetime.timedelta(hours=1)
+# Expired rooms' clients are dropped once this many are held (then at twice the live count), so an
+# operator that has seen a million rooms holds only those of the last half hour.
+PRUNE_AT = 256
 
 
 class Client:
     """A RoomService client for one LiveKit server and key pair."""
 
-    def __init__(self, url: str, api_key: str, api_secret: str, session: aiohttp.ClientSession, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        api_secret: str,
+        session: aiohttp.ClientSession,
+        timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._url = http_url(url)
         self._key = api_key
         self._secret = api_secret
         self._session = session
         self._timeout_s = timeout_s
+        self._clock = clock
         self._rooms: dict[str, tuple[float, api.LiveKitAPI]] = {}
+        self._prune_at = PRUNE_AT
 
     def _for(self, room: str) -> api.LiveKitAPI:
         """The client for `room`, holding a room-admin token for that room only."""
+        now = self._clock()
         hit = self._rooms.get(room)
-        if hit is not None and time.monotonic() < hit[0]:
+        if hit is not None and now < hit[0]:
             return hit[1]
+        if len(self._rooms) >= self._prune_at:
+            self._rooms = {r: held for r, held in self._rooms.items() if now < held[0]}
+            self._prune_at = max(PRUNE_AT, 2 * len(self._rooms))
         token = (
             api.AccessToken(self._key, self._secret)
             .with_grants(api.VideoGrants(room_admin=True, room=room))
@@ -87,7 +104,7 @@ class Client:
             .to_jwt()
         )
         client = api.LiveKitAPI(self._url, token=token, session=self._session)
-        self._rooms[room] = (time.monotonic() + TOKEN_TTL.total_seconds() / 2, client)
+        self._rooms[room] = (now + TOKEN_TTL.total_seconds() / 2, client)
         return client
 
     async def observe(self, room: str, avatar_identity: str, session_uid: str) -> RoomView:
