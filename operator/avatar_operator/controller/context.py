@@ -123,8 +123,9 @@ class SessionContext:
             if status != self.written:
                 if not await self.clients.kube.patch_status(self.ref.namespace, self.ref.name, status_mod.to_wire(status)):
                     raise Ended  # the session is gone (deleted while we worked)
-                self.written = status
                 self._wrote_at = self.clients.clock.monotonic()
+            # Equal or just written: one copy held, not two (a poll that changes nothing still builds a new one).
+            self.written = status
 
     def condition(self, ctype: Cond) -> status_mod.Condition | None:
         return conditions.find(self.status, ctype)
