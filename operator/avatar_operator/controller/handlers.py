@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import aiohttp
 import kopf
 
-from avatar_operator import launchers, metrics
+from avatar_operator import heap, launchers, metrics
 from avatar_operator import settings as settings_mod
 from avatar_operator.api import names
 from avatar_operator.api import spec as spec_mod
@@ -38,6 +39,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     metrics.PHASES.follow(kwargs["session_phases"])  # kopf's live index, filled by its watch
     memo.cloud_admissions = cloud_queue.Admissions()
     memo.webhooks = await webhooks.serve(memo.settings.webhook, memo.clients.mailboxes)
+    memo.clients.background.add(asyncio.create_task(heap.keep_trimming(), name="heap-trim"))
 
 
 def make_clients(settings: settings_mod.Settings) -> ports.Clients:
