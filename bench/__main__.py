@@ -38,7 +38,14 @@ TARGETS = {
     "throughput_at_least_half_baseline": "operator throughput >= 0.5 x the plain client's (500 burst)",
     "rss_1000_sessions_under_150mb": "operator RSS < 150 MB with 1000 sessions",
     "runner_25fps_under_1pct_drops": "runner holds 25 fps with < 1 % dropped frames",
+    # Issue 19's, each judged within this one run.
+    "cloud_500_half_the_floor": "cloud N=500: >= 0.5 x the floor client's sessions/s, p99 <= 3 x its p99",
+    "local_500_eight_tenths_plain": "local N=500: >= 0.8 x the plain client's sessions/s",
+    "rss_1000_idle_under_100mb": "operator RSS < 100 MB with 1000 idle sessions",
+    "av_offset_within_r37": "A/V offset at the viewer within EBU R37 (-60..+40 ms), 25 fps, < 1 % missing",
 }
+# EBU R37: sound at most 40 ms before the picture, at most 60 ms after it (> 0: video behind audio).
+R37_MS = (-60.0, 40.0)
 
 
 def machine() -> dict[str, Any]:
@@ -90,11 +97,32 @@ def targets(res: dict[str, Any]) -> dict[str, Any]:
     rss = cp.get("operator_rss_mb_1000_idle")
     if rss is not None:
         out["rss_1000_sessions_under_150mb"] = {"holds": rss < 150, "rss_mb": rss}
+    out |= issue_19_targets(cp, rn, at500)
     if rn.get("fps") is not None:
         out["runner_25fps_under_1pct_drops"] = {
             "holds": bool(rn["fps"] >= 24.5 and (rn.get("drop_ratio") or 0) < 0.01),
             "fps": rn["fps"], "drop_ratio": rn.get("drop_ratio"),
         }
+    return out
+
+
+def issue_19_targets(cp: dict[str, Any], rn: dict[str, Any], at500: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cloud = (cp.get("cloud") or {}).get("n500") or {}
+    floor = cloud.get("floor") or {}
+    if floor.get("p99_ms") and cloud.get("p99_ms") is not None:
+        ratio, p99_x = cloud["throughput_ratio_vs_floor"], round(cloud["p99_ms"] / floor["p99_ms"], 1)
+        out["cloud_500_half_the_floor"] = {"holds": ratio >= 0.5 and p99_x <= 3, "ratio": ratio, "p99_x_floor": p99_x}
+    local = at500("local", "throughput_ratio")
+    if local is not None:
+        out["local_500_eight_tenths_plain"] = {"holds": local >= 0.8, "ratio": local}
+    rss = cp.get("operator_rss_mb_1000_idle")
+    if rss is not None:
+        out["rss_1000_idle_under_100mb"] = {"holds": rss < 100, "rss_mb": rss}
+    offset = rn.get("av_offset_ms")
+    if offset is not None and rn.get("fps") is not None:
+        held = R37_MS[0] <= offset <= R37_MS[1] and rn["fps"] >= 24.5 and (rn.get("drop_ratio") or 0) < 0.01
+        out["av_offset_within_r37"] = {"holds": bool(held), "av_offset_ms": offset, "fps": rn["fps"], "drop_ratio": rn.get("drop_ratio")}
     return out
 
 
