@@ -67,8 +67,8 @@ async def test_a_local_session_observes_create_to_starting_and_to_ready() -> Non
     starting_s = sample("avatar_operator_session_create_to_starting_seconds_sum", **labels)
     ready_n = sample("avatar_operator_session_create_to_ready_seconds_count", **labels)
     ready_s = sample("avatar_operator_session_create_to_ready_seconds_sum", **labels)
-    h.clock.at(3, lambda: h.launcher.scheduled("n1"))
-    h.clock.at(5, h.room.publish)
+    h.clock.at(5, lambda: h.launcher.scheduled("n1"))
+    h.clock.at(7, h.room.publish)
     await h.run(until=20)
 
     assert h.kube.phases() == ["Pending", "Starting", "Running"]

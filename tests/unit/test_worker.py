@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from avatar_operator.controller import claims, context, decisions, worker
+from avatar_operator.controller import claims, context, decisions, local_mode, worker
 from avatar_runner import contract
 
 from tests.fakes.bithuman_api import FakeBithumanAPI
@@ -100,14 +100,15 @@ def prior(phase: str, *conds: tuple[str, str, str], **fields: Any) -> dict[str, 
 
 
 async def test_local_session_pending_starting_running() -> None:
+    """A scheduler slower than SCHEDULED_WRITE_DELAY_S: Pending is written while it waits."""
     h = local()
-    h.clock.at(3, lambda: h.launcher.scheduled("n1"))
-    h.clock.at(5, h.room.publish)
+    h.clock.at(5, lambda: h.launcher.scheduled("n1"))
+    h.clock.at(7, h.room.publish)
     await h.run(until=20)
 
     assert h.kube.phases() == ["Pending", "Starting", "Running"]
     first = h.kube.writes[0]
-    assert first.t == 0 and first.phase == "Pending"
+    assert first.t == local_mode.SCHEDULED_WRITE_DELAY_S and first.phase == "Pending"
     assert cond(first, "Accepted")["status"] == "True"
     assert cond(first, "CredentialsReady")["status"] == "True"
     # The runner, as the launcher got it.
@@ -123,16 +124,39 @@ async def test_local_session_pending_starting_running() -> None:
     assert first.status["runnerPod"] == "s1-runner"
     # Scheduled at t=3.
     starting = h.kube.first("Starting")
-    assert starting.t == 3
+    assert starting.t == 5
     assert cond(starting, "RunnerScheduled")["status"] == "True" and "n1" in cond(starting, "RunnerScheduled")["message"]
     assert cond(starting, "Ready")["reason"] == "WaitingForAvatar"
-    # Ready within a poll of the avatar publishing at t=5.
+    # Ready within a poll of the avatar publishing at t=7.
     running = h.kube.first("Running")
-    assert 5 <= running.t <= 5 + decisions.SLOW_POLL_S
+    assert 7 <= running.t <= 7 + decisions.SLOW_POLL_S
     assert cond(running, "Ready")["status"] == "True" and cond(running, "Ready")["reason"] == "AvatarPublishing"
     assert running.status["readyTime"] == stamp(running.t)
     assert h.events.reasons() == ["PodCreated", "Scheduled", "AvatarPublishing"]
     assert not h.events.warnings()
+
+
+async def test_a_runner_placed_at_once_is_written_once_as_starting() -> None:
+    """No Pending write before the scheduler's word: with it, runnerPod and the node go in one write."""
+    h = local()
+    h.clock.at(1, lambda: h.launcher.scheduled("n1"))
+    await h.run(until=10)
+
+    assert h.kube.phases() == ["Starting"]
+    [first] = h.kube.writes
+    assert first.t == 1 and first.status["runnerPod"] == "s1-runner"
+    assert cond(first, "RunnerScheduled")["reason"] == "Scheduled" and cond(first, "Accepted")["status"] == "True"
+    assert h.events.reasons() == ["PodCreated", "Scheduled"]  # a person still reads each step
+
+
+async def test_an_unschedulable_runner_is_written_as_soon_as_the_scheduler_says_so() -> None:
+    h = local()
+    h.clock.at(1, lambda: h.launcher.unschedulable("0/1 nodes are available: 1 Insufficient nvidia.com/gpu."))
+    await h.run(until=2)
+
+    [first] = h.kube.writes
+    assert first.t == 1 and first.phase == "Pending" and first.status["runnerPod"] == "s1-runner"
+    assert cond(first, "RunnerScheduled")["reason"] == "Unschedulable"
 
 
 # --- the grace period ---------------------------------------------------------
@@ -207,10 +231,10 @@ async def test_an_edit_of_max_duration_moves_the_deadline(new: float, ends_at: f
 async def test_session_deleted_while_running_ends_the_worker_without_error() -> None:
     h = local()
     h.clock.at(2, lambda: h.kube.delete_session(NAMESPACE, NAME))
-    h.clock.at(3, lambda: h.launcher.scheduled("n1"))  # its write finds the session gone
+    h.clock.at(3, lambda: h.launcher.scheduled("n1"))  # its write (the first: placed at once) finds the session gone
     await h.run(until=60)
 
-    assert [w.t for w in h.kube.writes] == [0]
+    assert [w.t for w in h.kube.writes] == []
     assert h.clock.t == 3  # the worker ended there, not at kopf's stop
     assert len(h.boxes) == 0  # its mailbox is forgotten
 
@@ -294,7 +318,9 @@ async def test_missing_secret_waits_warned_once_then_proceeds() -> None:
     # Found at the first read after t=200, and on it goes.
     found = next(w for w in h.kube.writes if cond(w, "CredentialsReady")["status"] == "True")
     assert 200 <= found.t <= 200 + worker.CREDENTIALS_MAX_WAIT_S
-    assert [e.t for e in h.events.posted if e.reason == "CredentialsFound"] == [found.t]
+    # Its Event at once; its write with the runner's node, at most SCHEDULED_WRITE_DELAY_S later.
+    [event_t] = [e.t for e in h.events.posted if e.reason == "CredentialsFound"]
+    assert event_t <= found.t <= event_t + local_mode.SCHEDULED_WRITE_DELAY_S
     assert len(h.launcher.started) == 1
     assert [w.t for w in h.kube.writes if w.t < found.t] == [0]  # waiting is not rewritten on every read
 

@@ -17,6 +17,11 @@ Cond = status_mod.ConditionType
 Reason = status_mod.Reason
 Change = context.Change
 
+# A runner the scheduler places within this is written once, as Starting: the Pending write
+# before it (runnerPod, PodCreated) would be one more write, and one more event through every
+# watch, for each session of a burst. Not shorter: under a burst the loop itself runs late.
+SCHEDULED_WRITE_DELAY_S = 3.0
+
 
 async def start(
     ctx: context.SessionContext,
@@ -44,6 +49,24 @@ async def start(
         runner_pod=pod_name,
         flush=False,
     )
+    await _until_placed(ctx, SCHEDULED_WRITE_DELAY_S)
+
+
+async def _until_placed(ctx: context.SessionContext, within_s: float) -> None:
+    """Waits, unwritten, up to `within_s` for the scheduler's word on the runner pod (its node, or why not)."""
+    clock = ctx.clients.clock
+    deadline = clock.monotonic() + within_s
+    while not _placed(ctx) and (left := deadline - clock.monotonic()) > 0:
+        await clock.wait(ctx.mailbox, left)
+
+
+def _placed(ctx: context.SessionContext) -> bool:
+    if ctx.mailbox.pod_deleted or ctx.stopped.is_set():
+        return True
+    if ctx.mailbox.pod is None:
+        return False
+    state = podstate.read(ctx.mailbox.pod)
+    return bool(state.node or state.unschedulable or state.phase in ("Succeeded", "Failed"))
 
 
 async def _resume(
@@ -65,7 +88,7 @@ async def _resume(
 
 
 async def follow_pod(ctx: context.SessionContext, identity: str) -> None:
-    """Turns the runner's newest state into conditions and the phase."""
+    """Turns the runner's newest state into conditions and the phase; room_watch writes them before it waits."""
     if ctx.mailbox.pod_deleted and ctx.mailbox.pod is None:
         await ctx.fail(Reason.RUNNER_FAILED, "the runner pod was deleted", Cond.RUNNER_SCHEDULED)
     if ctx.mailbox.pod is None:
@@ -82,6 +105,7 @@ async def follow_pod(ctx: context.SessionContext, identity: str) -> None:
             changes=(Change(Cond.RUNNER_SCHEDULED, False, Reason.UNSCHEDULABLE, state.unschedulable),),
             event=(Reason.UNSCHEDULABLE, state.unschedulable) if first else None,
             warning=True,
+            flush=False,  # with the room's news, in the watch's flush before it waits
         )
     elif state.node and not ctx.is_true(Cond.RUNNER_SCHEDULED):
         await ctx.record(
@@ -91,4 +115,5 @@ async def follow_pod(ctx: context.SessionContext, identity: str) -> None:
                 *(() if ctx.is_true(Cond.READY) else (ctx.waiting(identity),)),
             ),
             event=(Reason.SCHEDULED, f"runner pod scheduled on {state.node}"),
+            flush=False,
         )
