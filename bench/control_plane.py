@@ -299,7 +299,12 @@ class ControlPlane:
         sessions in it (the namespace stays Terminating for good)."""
         t = time.monotonic()
         path = f"{GROUP_PATH}/namespaces/{ns}/avatarsessions"
-        await self.kube.request("DELETE", path, ok404=True)
+        for attempt in range(1, 6):
+            try:
+                await self.kube.request("DELETE", path, ok404=True)
+                break
+            except TimeoutError:  # marking 500 sessions deleted can outlast the client's 30 s; the rest on the next ask
+                log(f"deleting the sessions in {ns}: no answer within the client's timeout (ask {attempt} of 5)")
         while (listed := await self.kube.get(path, limit=1)) and listed.get("items"):
             if time.monotonic() - t > timeout:
                 log(f"sessions in {ns} not finalized after {timeout:.0f}s")
