@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from livekit import rtc
 
 from tests.conftest import Stack
+from tests.harness import stand_in_avatar
 from tests.harness.net import free_port, metric
 from tests.harness.operator_process import OperatorProcess, operator_env
 from tests.integration.conftest import BITHUMAN_SECRET, FakeAPI, apply_crds, get_json, secret_manifest, wait_for
@@ -98,19 +98,11 @@ def _ready(stack: Stack, ns: str) -> bool:
 
 async def _publish_until_ready(stack: Stack, ns: str, token: str) -> float:
     """Plays bitHuman's cloud worker; the seconds from its video published to Ready."""
-    room = rtc.Room()
-    await room.connect(stack.livekit_url, token)
-    source = rtc.VideoSource(32, 32)
-    track = rtc.LocalVideoTrack.create_video_track("avatar", source)
-    await room.local_participant.publish_track(track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA))
-    published = time.monotonic()
-    frame = rtc.VideoFrame(32, 32, rtc.VideoBufferType.RGBA, bytes(32 * 32 * 4))
-    try:
+    async with stand_in_avatar.publishing(stack.livekit_url, token) as send_frame:
+        published = time.monotonic()
         while time.monotonic() < published + 60:
-            source.capture_frame(frame)
+            send_frame()
             if await asyncio.to_thread(_ready, stack, ns):
                 return time.monotonic() - published
             await asyncio.sleep(0.1)
-        raise AssertionError("not Ready 60 s after the avatar published")
-    finally:
-        await room.disconnect()
+    raise AssertionError("not Ready 60 s after the avatar published")

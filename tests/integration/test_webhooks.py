@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from livekit import api, rtc
+from livekit import api
 
 from tests.conftest import Stack
+from tests.harness import stand_in_avatar
 from tests.harness.net import free_port, metric
 from tests.harness.operator_process import OperatorProcess, operator_env
 from tests.integration.conftest import (
@@ -155,23 +156,15 @@ def test_livekits_webhook_makes_the_session_ready_without_waiting_for_a_poll(
 
     async def cloud_worker() -> float:
         """Plays bitHuman's cloud worker; the seconds from its video published to Ready."""
-        room = rtc.Room()
-        await room.connect(stack.livekit_url, token)
-        source = rtc.VideoSource(32, 32)
-        track = rtc.LocalVideoTrack.create_video_track("avatar", source)
-        await room.local_participant.publish_track(track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA))
-        published = time.monotonic()
-        frame = rtc.VideoFrame(32, 32, rtc.VideoBufferType.RGBA, bytes(32 * 32 * 4))
-        deadline = published + 60  # far under the 600 s poll
-        try:
+        async with stand_in_avatar.publishing(stack.livekit_url, token) as send_frame:
+            published = time.monotonic()
+            deadline = published + 60  # far under the 600 s poll
             while time.monotonic() < deadline:
-                source.capture_frame(frame)
+                send_frame()
                 if _cond(await asyncio.to_thread(_status, stack, ns, "live"), "Ready").get("status") == "True":
                     return time.monotonic() - published
                 await asyncio.sleep(0.1)
             raise AssertionError(f"not Ready 60 s after the avatar published; operator log: {op.logs()[-3000:]}")
-        finally:
-            await room.disconnect()
 
     took = asyncio.run(cloud_worker())
     print(f"Ready {took:.2f} s after the avatar published")
