@@ -4,9 +4,10 @@ A burst of sessions allocates responses, TLS buffers and queued events; once
 they are freed, glibc keeps the pages in its heap, between chunks still in
 use, and the operator's RSS stays near the burst's peak. `malloc_trim(0)`
 returns every whole free page (bench/PERFORMANCE.md, round 3: 1000 idle
-sessions, 203 MB without, 147 MB with). It takes a few milliseconds on a heap
-of a few hundred MB, so every 10 s costs about 0.1 % of a core. On a libc
-other than glibc (musl) there is no such call, and nothing is done.
+sessions, 203 MB without, 147 MB with). A trim took 8-40 ms on a heap of a
+few hundred MB (the first after a burst the longest), so every 10 s costs at
+most 0.4 % of a core. On a libc other than glibc (musl) there is no such
+call, and nothing is done.
 """
 
 from __future__ import annotations
