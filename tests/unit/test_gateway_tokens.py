@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import pytest
 from avatar_operator.gateway import errors, livekit_tokens, tenants
@@ -103,17 +104,18 @@ def test_livekit_agents_own_minting_verifies() -> None:
     assert livekit_tokens.verify_inference_token(token, TENANT).inference is not None
 
 
+# Minted in the test, not at collection: a suite longer than the 600 s ttl would see them all expired.
 @pytest.mark.parametrize(
-    ("token", "message"),
+    ("minted", "message"),
     [
-        (inference_token(ttl=-60), "expired"),
-        (inference_token(secret="other-secret-" + "z" * 24), "not signed by the tenant"),
-        (inference_token(perform=False), "no inference grant"),
+        ({"ttl": -60}, "expired"),
+        ({"secret": "other-secret-" + "z" * 24}, "not signed by the tenant"),
+        ({"perform": False}, "no inference grant"),
     ],
 )
-def test_bad_inference_tokens_are_401(token: str, message: str) -> None:
+def test_bad_inference_tokens_are_401(minted: dict[str, Any], message: str) -> None:
     with pytest.raises(errors.Refusal) as caught:
-        livekit_tokens.verify_inference_token(token, TENANT)
+        livekit_tokens.verify_inference_token(inference_token(**minted), TENANT)
     assert caught.value.status == 401 and message in caught.value.message
 
 
