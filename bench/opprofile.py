@@ -19,8 +19,6 @@ operator package changes. Three kinds, by BENCH_PROFILER:
 - `tracemalloc`: Python heap allocations by source line; a snapshot is
   written to OUT-heap.txt on SIGUSR1 (the bench sends it while 1000 sessions
   sit idle) and at exit. Slows allocation; for memory questions only.
-  BENCH_TRACE_FRAMES=N (1) keeps N frames per allocation and also dumps
-  the snapshot (OUT-heap.snapshot) to group by call stack afterwards.
 
 Per-thread CPU seconds (from /proc) are written at exit in every mode.
 """
@@ -171,8 +169,7 @@ def main() -> int:
     if kind == "tracemalloc":
         import tracemalloc
 
-        frames = int(os.environ.get("BENCH_TRACE_FRAMES", "1"))  # more frames: who called the allocating line
-        tracemalloc.start(frames)
+        tracemalloc.start(1)
 
         def heap(*_: object) -> None:
             snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
@@ -181,9 +178,6 @@ def main() -> int:
             lines += [f"  {st.size / 2**20:7.2f} MB {st.count:8d} blocks  {st.traceback[0].filename.split('site-packages/')[-1]}" for st in snap.statistics("filename")[:25]]
             lines.append("by line:")
             lines += [f"  {st.size / 2**20:7.2f} MB {st.count:8d} blocks  {str(st.traceback[0]).split('site-packages/')[-1]}" for st in snap.statistics("lineno")[:30]]
-            if frames > 1:  # grouping by call stack here would outlast the bench's idle window
-                snap.dump(out + "-heap.snapshot")
-                lines.append(f"call stacks: tracemalloc.Snapshot.load({out + '-heap.snapshot'!r})")
             with open(out + "-heap.txt", "a") as f:
                 f.write("\n".join(lines) + "\n\n")
 

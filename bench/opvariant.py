@@ -7,6 +7,8 @@ unchanged operator). BENCH_VARIANT is a comma-separated list of:
   empty; return first.
 - `malloc-trim`: glibc's malloc_trim(0) every 5 s, to tell memory the heap
   holds free (a burst's buffers, fragmentation) from memory still in use.
+  How round 3 measured it (bench/PERFORMANCE.md); the operator now trims on
+  its own (avatar_operator/heap.py), so against today's code it adds nothing.
 
 The operator has since taken up the earlier variants (no kopf diff base
 instead of a lean one, the shared Secret read, status writes that ride on the
