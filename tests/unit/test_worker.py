@@ -122,7 +122,7 @@ async def test_local_session_pending_starting_running() -> None:
     assert token_secret["metadata"]["name"] == "s1-token"
     assert token_secret["stringData"] == {contract.TOKEN_KEY: token}
     assert first.status["runnerPod"] == "s1-runner"
-    # Scheduled at t=3.
+    # Scheduled at t=5.
     starting = h.kube.first("Starting")
     assert starting.t == 5
     assert cond(starting, "RunnerScheduled")["status"] == "True" and "n1" in cond(starting, "RunnerScheduled")["message"]
