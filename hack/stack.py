@@ -247,6 +247,10 @@ def start_apiserver(st: dict[str, int]) -> None:
             "--storage-media-type", "application/json",
             "--cert-dir", str(PKI / "apiserver-generated"),
             "--max-requests-inflight", "1000", "--max-mutating-requests-inflight", "500",
+            # MutatingAdmissionPolicy (beta in 1.34, off by default): the chart's
+            # finalizer-policy.yaml puts the operator's finalizer on at admission.
+            "--feature-gates", "MutatingAdmissionPolicy=true",
+            "--runtime-config", "admissionregistration.k8s.io/v1beta1=true",
             "--v", "1",
             *kubelet_client,
         ])

@@ -309,6 +309,50 @@ def test_uninstall_removes_the_grants(stack: Stack, tools: Tools, install: Any, 
     assert not _can(stack, release.user, "get", "secrets", "-n", namespace)
 
 
+# --- the finalizer at admission (templates/finalizer-policy.yaml) ------------------------
+
+MAP_API = "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"
+
+
+def _with_map_api(tools: Tools, *values: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Rendered for a cluster that serves the API (helm template asks no cluster)."""
+    return tools.helm_("template", "rel", str(CHART), "--namespace", RELEASE_NAMESPACE, "--api-versions", MAP_API, *_sets(values), check=check)
+
+
+def test_the_finalizer_policy_needs_the_api_and_can_be_turned_off(tools: Tools) -> None:
+    assert _of_kind(_render(tools).stdout, "MutatingAdmissionPolicy") == []  # auto, and no API served
+    assert _of_kind(_with_map_api(tools, "finalizerAtAdmission=false").stdout, "MutatingAdmissionPolicy") == []
+    refused = _render(tools, "finalizerAtAdmission=true", check=False)
+    assert refused.returncode != 0 and "finalizerAtAdmission: true needs the MutatingAdmissionPolicy API" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "namespaces"),
+    [((), [RELEASE_NAMESPACE]), (("watchNamespaces={a,b}",), ["a", "b"]), (("clusterWide=true",), None)],
+    ids=["release-namespace", "watched", "cluster"],
+)
+def test_the_finalizer_policy_adds_the_operators_finalizer_in_the_served_namespaces(
+    tools: Tools, schema_dir: pathlib.Path, values: tuple[str, ...], namespaces: list[str] | None
+) -> None:
+    rendered = _with_map_api(tools, *values).stdout
+    [policy] = _of_kind(rendered, "MutatingAdmissionPolicy")
+    [binding] = _of_kind(rendered, "MutatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [names.GROUP], "apiVersions": ["*"], "operations": ["CREATE"], "resources": [names.PLURAL]}
+    ]
+    # The finalizer kopf is configured with (controller/handlers.py), in both expressions.
+    for expression in (policy["spec"]["matchConditions"][0]["expression"], policy["spec"]["mutations"][0]["applyConfiguration"]["expression"]):
+        assert f"'{names.FINALIZER}'" in expression
+    selector = binding["spec"].get("matchResources", {}).get("namespaceSelector")
+    if namespaces is None:
+        assert selector is None
+    else:
+        assert selector == {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]}
+    proc = _kubeconform(tools, schema_dir, rendered)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 # --- the pool runners' NetworkPolicy --------------------------------------------
 
 

@@ -80,3 +80,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "avatar-operator.runnerImage" -}}
 {{- printf "%s:%s" .Values.runner.image.repository (default .Chart.AppVersion .Values.runner.image.tag) }}
 {{- end }}
+
+{{/* The MutatingAdmissionPolicy API the finalizer policy uses (finalizerAtAdmission), or nothing. */}}
+{{- define "avatar-operator.admissionPolicyApi" -}}
+{{- $want := toString .Values.finalizerAtAdmission }}
+{{- if ne $want "false" }}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy" }}admissionregistration.k8s.io/v1
+{{- else if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy" }}admissionregistration.k8s.io/v1beta1
+{{- else if eq $want "true" }}
+{{- fail "finalizerAtAdmission: true needs the MutatingAdmissionPolicy API (admissionregistration.k8s.io/v1beta1 on Kubernetes 1.34 with the MutatingAdmissionPolicy feature gate, or v1); set it to auto or false" }}
+{{- end }}
+{{- end }}
+{{- end }}
