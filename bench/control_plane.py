@@ -43,9 +43,10 @@ from avatar_operator.build import pod as manifests
 from avatar_operator.build import secret
 from avatar_operator.build import token as tokens
 
-from bench import stats
+from bench import opvariant, stats
 from bench.kubeapi import ApiError, BenchKube
 from bench.procs import BITHUMAN_SECRET, ROOT, FakeAPI, Operator, StackCPU
+from tests.harness import finalizer_policy
 from tests.harness.stack import Stack
 
 BENCH_LABEL = "avatar-operator.dev/bench"
@@ -258,6 +259,10 @@ class ControlPlane:
                 await self.kube.delete({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
             except Exception as e:  # noqa: BLE001
                 log(f"could not delete namespace {ns}: {e}")
+        try:
+            await asyncio.to_thread(finalizer_policy.remove, self.stack)
+        except Exception as e:  # noqa: BLE001
+            log(f"could not remove the finalizer policy: {e}")
         for name in self.nodes:
             try:
                 await self.kube.delete({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
@@ -368,6 +373,9 @@ class ControlPlane:
         op = self.start_operator(tag, variant)
         try:
             ns = await self.new_namespace(f"{OP_PREFIX}{tag}", credentials=True)
+            if opvariant.KOPF_FINALIZER not in opvariant.names_in(variant):
+                # As the chart installs it: the finalizer put on at admission, in this run's namespace.
+                await asyncio.to_thread(finalizer_policy.install, self.stack, [ns])
             w = await Watcher.start(self.kubeconfig, ns)
             # A first session shows the operator is up and watching this namespace.
             await self.kube.create(session_manifest(mode, ns, "warmup"))
