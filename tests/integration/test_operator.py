@@ -78,7 +78,8 @@ def test_local_session_owns_one_token_secret_and_one_gpu_runner_pod(stack: Stack
     assert env["LIVEKIT_TOKEN_FILE"]["value"].startswith("/var/run/secrets/avatar-operator/")
     assert "LIVEKIT_API_SECRET" not in env  # the runner never gets the LiveKit API secret
     reasons = {e["reason"] for e in events(stack, ns, "local-a")}
-    assert {"PodCreated", "Scheduled"} <= reasons
+    # Scheduled says both steps when it comes within the wait; PodCreated only before a slower one.
+    assert "Scheduled" in reasons
     assert "Valid" not in reasons  # being taken up is said by the step after it
     # Credentials were there from the start: no wait ended, so no Event says so.
     assert "CredentialsFound" not in reasons

@@ -22,6 +22,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Stack
+from tests.harness import finalizer_policy
 from tests.reliability.support import (
     CHART,
     PREFIX,
@@ -260,6 +261,10 @@ def test_operator_sigkill_under_churn(stack: Stack, kube: Kube, crd: None, fake:
     namespaces = [spaces.create(x) for x in ("a", "b", "c")]
     nocreds = spaces.create("nocreds", bithuman=False)
     all_ns = namespaces + [nocreds]
+    # Two namespaces get the chart's finalizer policy (the finalizer at admission), the others
+    # kopf's patch: both ways of holding a session are killed under.
+    finalizer_policy.install(stack, namespaces[:2])
+    sc.note("finalizer_at_admission_in", namespaces[:2])
     log = artifacts / "operator-crash.log"
     evidence.file("operator log", log)
     op = OperatorProc(stack, fake, log, [spaces.glob])
@@ -332,6 +337,7 @@ def test_operator_sigkill_under_churn(stack: Stack, kube: Kube, crd: None, fake:
         sc.note("operator_log_tracebacks", collections.Counter(tb).most_common(10))
         op.stop()
         spaces.teardown(operator_running=False)
+        finalizer_policy.remove(stack)
     sc.assert_clean()
 
 

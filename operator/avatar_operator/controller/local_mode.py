@@ -17,9 +17,10 @@ Cond = status_mod.ConditionType
 Reason = status_mod.Reason
 Change = context.Change
 
-# A runner the scheduler places within this is written once, as Starting: the Pending write
-# before it (runnerPod, PodCreated) would be one more write, and one more event through every
-# watch, for each session of a burst. Not shorter: under a burst the loop itself runs late.
+# A runner the scheduler places within this is written once, as Starting, with one Event
+# (Scheduled): the Pending write before it (runnerPod, PodCreated) and its Event would be two
+# more writes, and one more event through every watch, for each session of a burst. Not
+# shorter: under a burst the loop itself runs late.
 SCHEDULED_WRITE_DELAY_S = 3.0
 
 
@@ -45,11 +46,14 @@ async def start(
     gpus = pod_mod.gpu_count(spec)
     await ctx.record(
         changes=(Change(Cond.RUNNER_SCHEDULED, False, Reason.POD_CREATED, f"runner pod {pod_name} created ({gpus} GPU); waiting for the scheduler"),),
-        event=(Reason.POD_CREATED, f"created runner pod {pod_name} and its token Secret"),
         runner_pod=pod_name,
         flush=False,
     )
     await _until_placed(ctx, SCHEDULED_WRITE_DELAY_S)
+    if _node(ctx) is None:
+        # The creation is a step of its own only when the placement is not said with it (Scheduled):
+        # each Event is one more write to the API server, for every session of a burst.
+        ctx.clients.events(ctx.body, reason=Reason.POD_CREATED.value, message=f"created runner pod {pod_name} and its token Secret", warning=False)
 
 
 async def _until_placed(ctx: context.SessionContext, within_s: float) -> None:
@@ -58,6 +62,10 @@ async def _until_placed(ctx: context.SessionContext, within_s: float) -> None:
     deadline = clock.monotonic() + within_s
     while not _placed(ctx) and (left := deadline - clock.monotonic()) > 0:
         await clock.wait(ctx.mailbox, left)
+
+
+def _node(ctx: context.SessionContext) -> str | None:
+    return None if ctx.mailbox.pod is None else podstate.read(ctx.mailbox.pod).node
 
 
 def _placed(ctx: context.SessionContext) -> bool:
@@ -114,6 +122,6 @@ async def follow_pod(ctx: context.SessionContext, identity: str) -> None:
                 Change(Cond.RUNNER_SCHEDULED, True, Reason.SCHEDULED, f"runner pod on node {state.node}"),
                 *(() if ctx.is_true(Cond.READY) else (ctx.waiting(identity),)),
             ),
-            event=(Reason.SCHEDULED, f"runner pod scheduled on {state.node}"),
+            event=(Reason.SCHEDULED, f"runner pod {names.runner_pod_name(ctx.ref.name)} scheduled on {state.node}"),
             flush=False,
         )
