@@ -394,6 +394,8 @@ class ControlPlane:
                 missing += await w.wait_all([("p", f"{x}-runner") for x in session_names], ("Running",), 60)
             cpu1 = op.cpu_s()
             stack1 = self.stack_cpu.sample()
+            if self.cfg.profile is not None and os.environ.get("BENCH_PROFILER", "cprofile") == "cprofile":
+                op.signal(signal.SIGUSR1)  # opprofile keeps the burst's profile apart
             starting = {x: w.seen("s", x, "Starting") for x in session_names}
             lat = [starting[x] - t0[i] for i, x in enumerate(session_names) if starting[x] is not None]
             pending = [w.seen("s", x, "Pending") for x in session_names]
