@@ -41,8 +41,8 @@ def install(stack: Stack, namespaces: Sequence[str] | None, *, release: str = RE
 
 
 def remove(stack: Stack, *, release: str = RELEASE) -> None:
-    name = f"{release}-avatar-operator-finalizer"
-    stack.kubectl("delete", "--ignore-not-found", "--wait", f"mutatingadmissionpolicybinding/{name}", f"mutatingadmissionpolicy/{name}")
+    """Deletes the release's policy and binding (the objects `render` names, whatever namespaces)."""
+    stack.kubectl("delete", "--ignore-not-found", "--wait", "-f", "-", input=render(stack, None, release=release))
 
 
 def finalizers_at_create(stack: Stack, namespace: str) -> list[str]:

@@ -32,6 +32,7 @@ from avatar_operator.api import names
 from avatar_runner import contract
 
 from tests.conftest import ROOT, Stack
+from tests.harness import finalizer_policy
 from tests.integration import kubeconform_schemas
 
 pytestmark = pytest.mark.stack
@@ -311,12 +312,9 @@ def test_uninstall_removes_the_grants(stack: Stack, tools: Tools, install: Any, 
 
 # --- the finalizer at admission (templates/finalizer-policy.yaml) ------------------------
 
-MAP_API = "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"
-
-
 def _with_map_api(tools: Tools, *values: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Rendered for a cluster that serves the API (helm template asks no cluster)."""
-    return tools.helm_("template", "rel", str(CHART), "--namespace", RELEASE_NAMESPACE, "--api-versions", MAP_API, *_sets(values), check=check)
+    return tools.helm_("template", "rel", str(CHART), "--namespace", RELEASE_NAMESPACE, "--api-versions", finalizer_policy.API, *_sets(values), check=check)
 
 
 def test_the_finalizer_policy_needs_the_api_and_can_be_turned_off(tools: Tools) -> None:
