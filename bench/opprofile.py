@@ -20,7 +20,10 @@ operator package changes. Three kinds, by BENCH_PROFILER:
   are over-represented; use it for "is the loop saturated", not for CPU shares.
 - `tracemalloc`: Python heap allocations by source line; a snapshot is
   written to OUT-heap.txt on SIGUSR1 (the bench sends it while 1000 sessions
-  sit idle) and at exit. Slows allocation; for memory questions only.
+  sit idle) and at exit: by file, by line, and by whose code asked (the
+  innermost frame in our package, else in kopf's; BENCH_TRACE_DEPTH frames
+  are kept, 1 by default, so raise it to 25 for that view). Slows allocation;
+  for memory questions only.
 
 Per-thread CPU seconds (from /proc) are written at exit in every mode.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -36,6 +40,7 @@ import signal
 import sys
 import threading
 import time
+import tracemalloc
 from types import FrameType
 
 # Innermost frames of a thread that waits rather than works.
@@ -169,9 +174,7 @@ def main() -> int:
 
     sampler = prof = None
     if kind == "tracemalloc":
-        import tracemalloc
-
-        tracemalloc.start(1)
+        tracemalloc.start(TRACE_DEPTH)
 
         def heap(*_: object) -> None:
             snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
@@ -180,6 +183,11 @@ def main() -> int:
             lines += [f"  {st.size / 2**20:7.2f} MB {st.count:8d} blocks  {st.traceback[0].filename.split('site-packages/')[-1]}" for st in snap.statistics("filename")[:25]]
             lines.append("by line:")
             lines += [f"  {st.size / 2**20:7.2f} MB {st.count:8d} blocks  {str(st.traceback[0]).split('site-packages/')[-1]}" for st in snap.statistics("lineno")[:30]]
+            if TRACE_DEPTH > 1:
+                lines.append("by whose code asked (the innermost frame of ours, else kopf's, else the line):")
+                lines += [f"  {size / 2**20:7.2f} MB {count:8d} blocks  {where}" for where, size, count in by_owner(snap)[:40]]
+            lines.append("live objects the collector tracks, by type (sys.getsizeof, the object alone):")
+            lines += [f"  {size / 2**20:7.2f} MB {count:8d}  {name}" for name, size, count in by_type()[:40]]
             with open(out + "-heap.txt", "a") as f:
                 f.write("\n".join(lines) + "\n\n")
 
@@ -218,6 +226,34 @@ def main() -> int:
         with open(out + ".txt", "w") as f:
             f.write(text.getvalue())
     return code
+
+
+# Frames kept per allocation: enough to get from a library's line back to the code that called it.
+TRACE_DEPTH = int(os.environ.get("BENCH_TRACE_DEPTH", "1"))
+OWNERS = ("avatar_operator/", "kopf/")
+
+
+def by_owner(snap: "tracemalloc.Snapshot") -> list[tuple[str, int, int]]:
+    """Heap by the innermost frame in our package, else in kopf, else the allocating line."""
+    sums: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for trace in snap.traces:
+        frames = list(trace.traceback)  # most recent first
+        owner = next((f for pkg in OWNERS for f in frames if pkg in f.filename), frames[0])
+        key = f"{owner.filename.split('site-packages/')[-1].split('operator/', 1)[-1]}:{owner.lineno}"
+        sums[key][0] += trace.size
+        sums[key][1] += 1
+    return sorted(((k, v[0], v[1]) for k, v in sums.items()), key=lambda r: -r[1])
+
+
+def by_type() -> list[tuple[str, int, int]]:
+    """Objects the garbage collector tracks, by type: how many sessions' worth of each is alive."""
+    sums: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for o in gc.get_objects():
+        t = type(o)
+        row = sums[f"{t.__module__}.{t.__qualname__}"]
+        row[0] += sys.getsizeof(o)
+        row[1] += 1
+    return sorted(((k, v[0], v[1]) for k, v in sums.items()), key=lambda r: -r[1])
 
 
 if __name__ == "__main__":
