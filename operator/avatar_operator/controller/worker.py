@@ -90,7 +90,7 @@ async def accept(ctx: context.SessionContext) -> spec_mod.AvatarSessionSpec:
             end_time=ctx.now(),
         )
         raise context.Ended
-    spec = spec_mod.parse_spec(ctx.body)
+    spec = ctx.live_spec()  # the one the later steps read too: one parse, one model held per session
     # No Event: the next step's (RequestAccepted, PodCreated, SlotClaimed, or what it waits for) says
     # the session was taken up, and each Event costs the API server a write.
     await ctx.record(
