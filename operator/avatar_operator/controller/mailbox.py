@@ -29,9 +29,12 @@ class Mailbox:
 
     async def wait(self, timeout: float) -> bool:
         """True when something changed within timeout; clears the flag."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in a task, one
+        # more held for every session that sits waiting.
         try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self.changed.wait()
+        except TimeoutError:
             return False
         self.changed.clear()
         return True
