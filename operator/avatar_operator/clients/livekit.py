@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 from livekit import api
+from livekit.api import room_service
 from livekit.protocol import models
 
 from avatar_operator.api import names
@@ -62,9 +63,25 @@ def view(participants: Sequence[models.ParticipantInfo], avatar_identity: str, s
 # livekit-api signs a fresh JWT for every call, which cost the operator more
 # CPU than the call itself when a thousand sessions poll.
 TOKEN_TTL = datetime.timedelta(hours=1)
-# Expired rooms' clients are dropped once this many are held (then at twice the live count), so an
+# Expired rooms' tokens are dropped once this many are held (then at twice the live count), so an
 # operator that has seen a million rooms holds only those of the last half hour.
 PRUNE_AT = 256
+
+
+class _RoomService(room_service.RoomService):
+    """RoomService sending the room's held token instead of signing one per call.
+
+    One per server and key: a LiveKitAPI per room held six Twirp clients per session."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, token_for: Callable[[str], str]) -> None:
+        super().__init__(session, url, "", "")
+        self._token_for = token_for
+
+    # livekit-api's hook for a call's credentials (its own pre-signed-token mode uses it too);
+    # every RoomService call passes the room it is about in its grants.
+    def _auth_header(self, grants: api.VideoGrants | None, sip: api.SIPGrants | None = None) -> dict[str, str]:
+        room = grants.room if grants is not None else ""
+        return {"authorization": f"Bearer {self._token_for(room)}"}
 
 
 class Client:
@@ -79,39 +96,37 @@ class Client:
         timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._url = http_url(url)
         self._key = api_key
         self._secret = api_secret
-        self._session = session
         self._timeout_s = timeout_s
         self._clock = clock
-        self._rooms: dict[str, tuple[float, api.LiveKitAPI]] = {}
+        self._tokens: dict[str, tuple[float, str]] = {}
         self._prune_at = PRUNE_AT
+        self._service = _RoomService(session, http_url(url), self._token)
 
-    def _for(self, room: str) -> api.LiveKitAPI:
-        """The client for `room`, holding a room-admin token for that room only."""
+    def _token(self, room: str) -> str:
+        """A room-admin token for `room` only."""
         now = self._clock()
-        hit = self._rooms.get(room)
+        hit = self._tokens.get(room)
         if hit is not None and now < hit[0]:
             return hit[1]
-        if len(self._rooms) >= self._prune_at:
-            self._rooms = {r: held for r, held in self._rooms.items() if now < held[0]}
-            self._prune_at = max(PRUNE_AT, 2 * len(self._rooms))
+        if len(self._tokens) >= self._prune_at:
+            self._tokens = {r: held for r, held in self._tokens.items() if now < held[0]}
+            self._prune_at = max(PRUNE_AT, 2 * len(self._tokens))
         token = (
             api.AccessToken(self._key, self._secret)
             .with_grants(api.VideoGrants(room_admin=True, room=room))
             .with_ttl(TOKEN_TTL)
             .to_jwt()
         )
-        client = api.LiveKitAPI(self._url, token=token, session=self._session)
-        self._rooms[room] = (now + TOKEN_TTL.total_seconds() / 2, client)
-        return client
+        self._tokens[room] = (now + TOKEN_TTL.total_seconds() / 2, token)
+        return token
 
     async def observe(self, room: str, avatar_identity: str, session_uid: str) -> RoomView:
         # LiveKitAPI ignores its own timeout when given a session: bound the call here.
         try:
             listed = await asyncio.wait_for(
-                self._for(room).room.list_participants(api.ListParticipantsRequest(room=room)), self._timeout_s
+                self._service.list_participants(api.ListParticipantsRequest(room=room)), self._timeout_s
             )
         except api.TwirpError as e:
             if e.code == api.TwirpErrorCode.NOT_FOUND:
@@ -124,10 +139,10 @@ class Client:
         identity is another session's. The caller bounds the wait."""
         who = api.RoomParticipantIdentity(room=room, identity=identity)
         try:
-            participant = await self._for(room).room.get_participant(who)
+            participant = await self._service.get_participant(who)
             if not is_ours(participant, session_uid):
                 return False
-            await self._for(room).room.remove_participant(who)
+            await self._service.remove_participant(who)
         except api.TwirpError as e:
             if e.code == api.TwirpErrorCode.NOT_FOUND:
                 return False
