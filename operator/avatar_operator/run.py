@@ -49,8 +49,11 @@ def main(args: argparse.Namespace) -> int:
 
     from avatar_operator.controller import (
         handlers,  # noqa: F401 - registers the handlers with kopf
+        lean_bodies,
         login,  # noqa: F401 - kopf logs in as our client does
     )
+
+    lean_bodies.install()
 
     kopf.run(
         clusterwide=clusterwide,

@@ -1,0 +1,62 @@
+"""kopf keeps watched bodies without managedFields, and the seam it is done at is where kopf still looks."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from kopf._cogs.clients import watching
+from kopf._core.reactor import queueing
+
+from avatar_operator.controller import lean_bodies
+
+
+def _session(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "uid": f"uid-{name}",
+            "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"room": "r"},
+    }
+
+
+async def test_listed_and_watched_objects_lose_managed_fields_and_nothing_else() -> None:
+    events: list[Any] = [{"type": None, "object": _session("a")}, watching.Bookmark.LISTED, {"type": "MODIFIED", "object": _session("b")}]
+
+    async def watch(**kwargs: Any) -> AsyncIterator[Any]:
+        assert kwargs == {"namespace": "ns"}
+        for event in events:
+            yield event
+
+    seen = [e async for e in lean_bodies.lean(watch)(namespace="ns")]
+    assert seen[1] is watching.Bookmark.LISTED
+    assert [e["object"]["metadata"] for e in (seen[0], seen[2])] == [
+        {"name": "a", "uid": "uid-a"},
+        {"name": "b", "uid": "uid-b"},
+    ]
+    assert seen[2]["object"]["spec"] == {"room": "r"}
+
+
+def test_an_error_object_passes_as_it_came() -> None:
+    status = {"type": "ERROR", "object": {"kind": "Status", "code": 410}}
+    assert lean_bodies.strip(status) == {"type": "ERROR", "object": {"kind": "Status", "code": 410}}
+
+
+def test_install_wraps_kopf_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watching, "infinite_watch", watching.infinite_watch)
+    lean_bodies.install()
+    wrapped = watching.infinite_watch
+    lean_bodies.install()
+    assert watching.infinite_watch is wrapped
+    assert getattr(wrapped, lean_bodies._MARK)
+
+
+def test_kopf_queueing_still_takes_its_events_from_the_wrapped_function() -> None:
+    """The guard for a kopf upgrade: its watcher must call infinite_watch through the module at run
+    time (so the wrapped one), not a name imported before the operator wrapped it."""
+    assert queueing.watching is watching
+    assert "watching.infinite_watch(" in inspect.getsource(queueing.watcher)
