@@ -106,13 +106,11 @@ async def test_room_client_signs_one_room_admin_token_per_room_and_reuses_it() -
 
     async with aiohttp.ClientSession() as http:
         client = room.Client("ws://127.0.0.1:7880", "key", "secret-that-is-long-enough-for-hs256", http)
-        first = client._for("room-a")
-        assert client._for("room-a") is first  # no new JWT per poll
-        other = client._for("room-b")
-        assert other is not first
-        for lk, name in ((first, "room-a"), (other, "room-b")):
-            token = lk.room._token
-            assert token is not None
+        first = client._token("room-a")
+        assert client._token("room-a") is first  # no new JWT per poll
+        other = client._token("room-b")
+        assert other != first
+        for token, name in ((first, "room-a"), (other, "room-b")):
             grants = api.TokenVerifier("key", "secret-that-is-long-enough-for-hs256").verify(token).video
             # Admin of its own room only: not room_list, not room_create, no other room.
             assert grants.room_admin and grants.room == name
