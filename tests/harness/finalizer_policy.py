@@ -47,15 +47,25 @@ def remove(stack: Stack, *, release: str = RELEASE) -> None:
 
 def finalizers_at_create(stack: Stack, namespace: str) -> list[str]:
     """The finalizers a session created in `namespace` gets from admission (a server-side dry run)."""
-    manifest = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "probe", "namespace": namespace}, "spec": PROBE_SPEC}
-    got = stack.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(manifest))
+    got = _dry_run(stack, namespace, check=True)
     return list(json.loads(got.stdout)["metadata"].get("finalizers") or [])
 
 
+def _dry_run(stack: Stack, namespace: str, *, check: bool) -> subprocess.CompletedProcess[str]:
+    manifest = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "probe", "namespace": namespace}, "spec": PROBE_SPEC}
+    return stack.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(manifest), check=check)
+
+
 def wait_in_force(stack: Stack, namespace: str, timeout: float = 30.0) -> None:
-    """The API server reads policies through an informer: a new one takes effect a moment later."""
+    """The API server reads policies through an informer: a new one takes effect a moment later.
+    A CRD just Established may still be refused for a moment (ServiceUnavailable): asked again."""
     deadline = time.monotonic() + timeout
-    while names.FINALIZER not in finalizers_at_create(stack, namespace):
+    while True:
+        got = _dry_run(stack, namespace, check=False)
+        if got.returncode == 0 and names.FINALIZER in (json.loads(got.stdout)["metadata"].get("finalizers") or []):
+            return
+        if got.returncode != 0 and "ServiceUnavailable" not in got.stderr:
+            raise AssertionError(f"the probe session was refused: {got.stderr}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"the finalizer policy was not in force in {namespace} after {timeout:g}s")
+            raise AssertionError(f"the finalizer policy was not in force in {namespace} after {timeout:g}s: {got.stderr}")
         time.sleep(0.2)
