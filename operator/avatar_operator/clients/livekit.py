@@ -123,7 +123,7 @@ class Client:
         return token
 
     async def observe(self, room: str, avatar_identity: str, session_uid: str) -> RoomView:
-        # LiveKitAPI ignores its own timeout when given a session: bound the call here.
+        # The RoomService has no timeout of its own (only the shared session's): bound the call here.
         try:
             listed = await asyncio.wait_for(
                 self._service.list_participants(api.ListParticipantsRequest(room=room)), self._timeout_s
