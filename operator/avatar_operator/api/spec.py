@@ -18,7 +18,7 @@ import enum
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
@@ -33,6 +33,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
+
+from avatar_operator.api import fields_sets
 
 # The plugin's defaults (livekit.plugins.bithuman.avatar).
 DEFAULT_API_URL = "https://auth.api.bithuman.ai/v1/runtime-tokens/request"
@@ -164,6 +166,15 @@ class KubeModel(BaseModel):
         frozen=True,
         allow_inf_nan=False,
     )
+
+    # Equal fields sets shared (`fields_sets`): every validated model, and every copy.
+    def model_post_init(self, context: Any, /) -> None:
+        fields_sets.share(self)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        fields_sets.share(copied)
+        return copied
 
 
 class LocalObjectReference(KubeModel):
