@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -60,3 +61,21 @@ def test_kopf_queueing_still_takes_its_events_from_the_wrapped_function() -> Non
     time (so the wrapped one), not a name imported before the operator wrapped it."""
     assert queueing.watching is watching
     assert "watching.infinite_watch(" in inspect.getsource(queueing.watcher)
+
+
+def test_bodies_decoded_apart_share_their_keys_and_common_values() -> None:
+    wire = '{"type": "MODIFIED", "object": {"metadata": {"name": "%s", "namespace": "ns"}, "status": {"conditions": [{"type": "Ready", "reason": "WaitingForAvatar", "message": "%s"}]}}}'
+    long = "x" * (lean_bodies.INTERN_MAX + 1)
+    a, b = (lean_bodies.strip(json.loads(wire % (name, long))) for name in ("a", "b"))
+    ca, cb = a["object"]["status"]["conditions"][0], b["object"]["status"]["conditions"][0]
+    assert ca == cb == {"type": "Ready", "reason": "WaitingForAvatar", "message": long}
+    assert all(ka is kb for ka, kb in zip(ca, cb, strict=True))  # the keys
+    assert ca["reason"] is cb["reason"] and a["object"]["metadata"]["namespace"] is b["object"]["metadata"]["namespace"]
+    assert ca["message"] is not cb["message"]  # too long to be worth a lookup
+    assert a["object"]["metadata"]["name"] == "a" and b["object"]["metadata"]["name"] == "b"
+
+
+def test_sharing_keeps_every_json_value_as_it_was() -> None:
+    obj = {"metadata": {"name": "a", "generation": 2}, "spec": {"n": 1.5, "on": True, "off": None, "list": [1, "two", {"k": [False]}]}}
+    raw = json.loads(json.dumps({"type": "ADDED", "object": obj}))
+    assert lean_bodies.strip(raw) == {"type": "ADDED", "object": obj}

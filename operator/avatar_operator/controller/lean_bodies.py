@@ -1,4 +1,5 @@
-"""Drops `metadata.managedFields` from every object kopf lists or watches, before kopf keeps it.
+"""Drops `metadata.managedFields` from every object kopf lists or watches, and shares its
+strings, before kopf keeps it.
 
 kopf holds each watched session's whole body for as long as the session lives. Its
 managedFields (server-side apply's record of who wrote which field) were 14.5 KB of the
@@ -11,26 +12,46 @@ TransformStripManagedFields is the Go equivalent. So this wraps the one function
 every listed and watched object passes through on its way in,
 `kopf._cogs.clients.watching.infinite_watch`, which kopf's queueing calls through its
 module. tests/unit/test_lean_bodies.py fails if a kopf upgrade moves it.
+
+Each event is decoded on its own, so every body has its own copy of every key
+("lastTransitionTime", seven times over) and of values that most sessions share
+(a condition's type, reason and message, the namespace, a second's timestamp).
+Interned, they are held once for all sessions: KB per session (round 7).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from kopf._cogs.clients import watching
 
 _MARK = "_avatar_operator_lean"
+# Longer strings are rarely shared (a unique message, a token-length value) and cost more to hash.
+INTERN_MAX = 256
 
 
 def strip(raw_event: Any) -> Any:
-    """The event with its object's managedFields dropped (a bookmark passes as it came)."""
+    """The event with its object's managedFields dropped and its strings interned (a bookmark passes as it came)."""
     if isinstance(raw_event, dict):
         obj = raw_event.get("object")
         metadata = obj.get("metadata") if isinstance(obj, dict) else None
         if isinstance(metadata, dict):
             metadata.pop("managedFields", None)
+            raw_event["object"] = shared(obj)
     return raw_event
+
+
+def shared(value: Any) -> Any:
+    """A decoded JSON value, equal to `value`, with its keys and short strings interned."""
+    if isinstance(value, str):
+        return sys.intern(value) if len(value) <= INTERN_MAX else value
+    if isinstance(value, dict):
+        return {sys.intern(k) if isinstance(k, str) else k: shared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shared(v) for v in value]
+    return value
 
 
 def lean(watch: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
