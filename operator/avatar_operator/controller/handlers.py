@@ -126,6 +126,8 @@ async def run_session(
     """The session's worker: from applied to ended. Restarted for each session when the operator starts."""
     index = _KopfClaims(kwargs["avatar_claims"])  # kopf passes each index by its function's name
     line = cloud_queue.Queue(cloud_queue.MappingIndex(kwargs["cloud_slots"]), memo.cloud_admissions)
+    # The rest of kopf's two dozen arguments would be held in this frame for the session's life.
+    del kwargs
     ctx = context.SessionContext(
         body=body, settings=memo.settings, clients=memo.clients, logger=logger, stopped=stopped, claims=index, cloud_queue=line
     )

@@ -17,40 +17,55 @@ from typing import Any
 class Mailbox:
     """The newest runner snapshot for one session, and a wake-up flag."""
 
+    # An asyncio.Event would do, but each one allocates a 760-byte deque of waiters for
+    # the session's life, where a session has one waiter at most: its worker.
+    __slots__ = ("pod", "pod_deleted", "room_changed", "_changed", "_waiter")
+
     def __init__(self) -> None:
         self.pod: Mapping[str, Any] | None = None
         self.pod_deleted = False
         # A webhook said the room changed: the worker asks LiveKit on its next turn.
         self.room_changed = False
-        self.changed = asyncio.Event()
+        self._changed = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def is_set(self) -> bool:
-        return self.changed.is_set()
+        return self._changed
 
     async def wait(self, timeout: float) -> bool:
         """True when something changed within timeout; clears the flag."""
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in a task, one
-        # more held for every session that sits waiting.
-        try:
-            async with asyncio.timeout(timeout):
-                await self.changed.wait()
-        except TimeoutError:
-            return False
-        self.changed.clear()
+        if not self._changed:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in a task, one
+            # more held for every session that sits waiting.
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            except TimeoutError:
+                return False
+            finally:
+                self._waiter = None
+        self._changed = False
         return True
+
+    def _set(self) -> None:
+        self._changed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def poke(self) -> None:
         """Something the worker follows changed (its pool's slots, its runner): look again."""
-        self.changed.set()
+        self._set()
 
     def post_pod(self, pod: Mapping[str, Any] | None) -> None:
         self.pod = pod
         self.pod_deleted = pod is None
-        self.changed.set()
+        self._set()
 
     def post_room_changed(self) -> None:
         self.room_changed = True
-        self.changed.set()
+        self._set()
 
     def take_room_changed(self) -> bool:
         """Whether a webhook came since the last call; cleared before the worker asks LiveKit,
