@@ -20,6 +20,7 @@ def _session(name: str) -> dict[str, Any]:
             "name": name,
             "uid": f"uid-{name}",
             "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}],
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": '{"spec": {"room": "r"}}', "keep": "me"},
         },
         "spec": {"room": "r"},
     }
@@ -36,8 +37,8 @@ async def test_listed_and_watched_objects_lose_managed_fields_and_nothing_else()
     seen = [e async for e in lean_bodies.lean(watch)(namespace="ns")]
     assert seen[1] is watching.Bookmark.LISTED
     assert [e["object"]["metadata"] for e in (seen[0], seen[2])] == [
-        {"name": "a", "uid": "uid-a"},
-        {"name": "b", "uid": "uid-b"},
+        {"name": "a", "uid": "uid-a", "annotations": {"keep": "me"}},
+        {"name": "b", "uid": "uid-b", "annotations": {"keep": "me"}},
     ]
     assert seen[2]["object"]["spec"] == {"room": "r"}
 

@@ -4,8 +4,9 @@ strings, before kopf keeps it.
 kopf holds each watched session's whole body for as long as the session lives. Its
 managedFields (server-side apply's record of who wrote which field) were 14.5 KB of the
 25.9 KB of Python objects each idle session's body held (bench/PERFORMANCE.md, round 5).
-Neither kopf nor the operator reads them. The API server keeps them: a write that
-leaves them out does not change them.
+Neither kopf nor the operator reads them, nor the copy of the manifest `kubectl apply`
+keeps in an annotation. The API server keeps both: a write that leaves them out does
+not change them.
 
 kopf has no hook that drops fields from watched objects; controller-runtime's
 TransformStripManagedFields is the Go equivalent. So this wraps the one function that
@@ -28,17 +29,24 @@ from typing import Any
 from kopf._cogs.clients import watching
 
 _MARK = "_avatar_operator_lean"
+# `kubectl apply`'s copy of the whole manifest it applied, for its next apply's diff; kopf reads only its
+# own annotations (its progress, under the operator's prefix), and the operator none.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 # Longer strings are rarely shared (a unique message, a token-length value) and cost more to hash.
 INTERN_MAX = 256
 
 
 def strip(raw_event: Any) -> Any:
-    """The event with its object's managedFields dropped and its strings interned (a bookmark passes as it came)."""
+    """The event with its object's managedFields and kubectl's last-applied copy dropped, and its
+    strings interned (a bookmark passes as it came)."""
     if isinstance(raw_event, dict):
         obj = raw_event.get("object")
         metadata = obj.get("metadata") if isinstance(obj, dict) else None
         if isinstance(metadata, dict):
             metadata.pop("managedFields", None)
+            annotations = metadata.get("annotations")
+            if isinstance(annotations, dict):
+                annotations.pop(LAST_APPLIED, None)
             raw_event["object"] = shared(obj)
     return raw_event
 
