@@ -15,9 +15,10 @@ every listed and watched object passes through on its way in,
 module. tests/unit/test_lean_bodies.py fails if a kopf upgrade moves it.
 
 Each event is decoded on its own, so every body has its own copy of every key
-("lastTransitionTime", seven times over) and of values that most sessions share
-(a condition's type, reason and message, the namespace, a second's timestamp).
-Interned, they are held once for all sessions: KB per session (round 7).
+and of the values most sessions share (a condition's type, reason and message,
+the namespace, a second's timestamp). Interned, they are held once for all
+sessions: an idle session's body went from 7.5 to 3.3 KB (bench/PERFORMANCE.md,
+round 7).
 """
 
 from __future__ import annotations
