@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from avatar_operator.controller import mailbox
 
 
@@ -53,3 +55,13 @@ async def test_a_cancelled_wait_leaves_no_waiter() -> None:
     assert box._waiter is None
     box.poke()
     assert box.is_set()
+
+
+async def test_a_second_waiter_is_refused_rather_than_left_unwoken() -> None:
+    box = mailbox.Mailbox()
+    first = asyncio.create_task(box.wait(10.0))
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="one waiter"):
+        await box.wait(10.0)
+    box.poke()
+    assert await first is True

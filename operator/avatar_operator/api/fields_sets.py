@@ -2,8 +2,9 @@
 
 pydantic keeps, in every model instance, the set of the fields its input gave
 (`__pydantic_fields_set__`). A set of five names or more takes 728 bytes: 5.1 of
-the 8.2 KB an idle session's status model held (bench/PERFORMANCE.md, round 7),
-one set per condition. Upstream has an open change to keep these as a bitset
+the 8.2 KB an idle session's status model held, one set per condition
+(bench/PERFORMANCE.md, round 6). Shared, a session's status and spec went from
+8.5 to 4.1 KB (round 7). Upstream has an open change to keep these as a bitset
 (pydantic/pydantic#12924); until it lands, equal sets are shared here.
 
 Sharing is safe because the models are frozen: pydantic changes a model's set in

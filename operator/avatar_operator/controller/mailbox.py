@@ -34,6 +34,8 @@ class Mailbox:
 
     async def wait(self, timeout: float) -> bool:
         """True when something changed within timeout; clears the flag."""
+        if self._waiter is not None:
+            raise RuntimeError("a mailbox has one waiter, its session's worker")
         if not self._changed:
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in a task, one
