@@ -86,12 +86,7 @@ async def avatar_claims(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[clai
 async def pool_bookings(body: kopf.Body, **_: Any) -> dict[tuple[str, str], pool_worker.IndexedBooking]:
     """Every live pool session's placement (its status.runner), by (namespace, pool): a restarted
     operator's bookings come from here, as its status is the record of each one."""
-    status = body.get("status") or {}
-    placed = status.get("runner") or {}
-    if status.get("phase") in {p.value for p in context.TERMINAL} or not placed.get("pool") or not placed.get("pod"):
-        return {}
-    key = (str(body.metadata.namespace), str(placed["pool"]))
-    return {key: (str(body.metadata.uid), str(placed["pod"]), placed.get("taskId"))}
+    return pool_worker.indexed_booking(body)
 
 
 @kopf.index(*RESOURCE)

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -27,7 +27,7 @@ from avatar_operator.build import pod as pod_mod
 from avatar_operator.build import pool_pod
 from avatar_operator.clients import kube as kube_mod
 from avatar_operator.clients import pool_runner
-from avatar_operator.controller import placement, pool_status, ports, pools
+from avatar_operator.controller import context, placement, pool_status, ports, pools
 from avatar_operator.launchers import base as launcher_base
 
 Reason = status_mod.Reason
@@ -42,6 +42,22 @@ FAILURE_BACKOFF_S = (2.0, 60.0)
 
 # A session's placement as the bookings index keeps it: (uid, runner, task id).
 IndexedBooking = tuple[str, str, str | None]
+ENDED = {phase.value for phase in context.TERMINAL}
+
+
+def indexed_booking(body: Mapping[str, Any]) -> dict[tuple[str, str], IndexedBooking]:
+    """A live pool session's placement (its status.runner) under (namespace, pool), for kopf's index.
+
+    A session being deleted has none: its finalizer releases the slot, and the index must not
+    hand the booking back (`seed`) in the moment before the object is gone. Until the runner's
+    task stops, the runner's own count of tasks still keeps the slot (`placement.free`)."""
+    status = body.get("status") or {}
+    placed = status.get("runner") or {}
+    metadata = body.get("metadata") or {}
+    if status.get("phase") in ENDED or metadata.get("deletionTimestamp") or not placed.get("pool") or not placed.get("pod"):
+        return {}
+    key = (str(metadata.get("namespace")), str(placed["pool"]))
+    return {key: (str(metadata.get("uid")), str(placed["pod"]), placed.get("taskId"))}
 
 
 @dataclasses.dataclass
