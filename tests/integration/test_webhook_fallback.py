@@ -28,9 +28,15 @@ FIRST_S, MAX_S = 1.0, 4.0
 
 
 @pytest.fixture(scope="module")
-def deaf(stack: Stack, fake_api: FakeAPI) -> Iterator[tuple[OperatorProcess, int]]:
-    """An operator whose receiver listens where livekit-server posts nothing; (it, its metrics port)."""
+def deaf(stack: Stack, fake_api: FakeAPI) -> Iterator[tuple[OperatorProcess, int, str]]:
+    """An operator whose receiver listens where livekit-server posts nothing; (it, its metrics port, its namespace).
+
+    The namespace exists before the operator starts. kopf lists namespaces once, then starts its
+    namespace watch with a listing of its own whose items it takes as already known: one created
+    between the two is not served until a restart (CI hit it once, 60 s without a request)."""
     apply_crds(stack)
+    ns = f"{PREFIX}{uuid.uuid4().hex[:8]}"
+    stack.kubectl("create", "namespace", ns)
     env = operator_env(
         stack.process_env(), livekit_url=stack.livekit_url, fake_urls=fake_api.urls, runner_image="registry.invalid/avatar-runner:test",
         extra={
@@ -46,9 +52,10 @@ def deaf(stack: Stack, fake_api: FakeAPI) -> Iterator[tuple[OperatorProcess, int
     try:
         wait_for("the operator's metrics", lambda: _webhooks(metrics_port) is not None or not op.alive(), timeout=60)
         assert op.alive(), op.logs()[-3000:]
-        yield op, metrics_port
+        yield op, metrics_port, ns
     finally:
-        op.stop()
+        op.stop()  # the test has deleted its sessions while the operator ran
+        stack.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def _webhooks(metrics_port: int) -> float | None:
@@ -60,11 +67,9 @@ def _webhooks(metrics_port: int) -> float | None:
 
 
 def test_a_session_whose_webhooks_are_lost_is_ready_from_the_fallback_poll(
-    stack: Stack, deaf: tuple[OperatorProcess, int], fake_api: FakeAPI
+    stack: Stack, deaf: tuple[OperatorProcess, int, str], fake_api: FakeAPI
 ) -> None:
-    op, metrics_port = deaf
-    ns = f"{PREFIX}{uuid.uuid4().hex[:8]}"
-    stack.kubectl("create", "namespace", ns)
+    op, metrics_port, ns = deaf
     try:
         lk = {"LIVEKIT_API_KEY": stack.livekit_api_key, "LIVEKIT_API_SECRET": stack.livekit_api_secret}
         stack.kubectl("apply", "-n", ns, "-f", "-", input=secret_manifest("livekit-credentials", lk))
@@ -80,7 +85,6 @@ def test_a_session_whose_webhooks_are_lost_is_ready_from_the_fallback_poll(
         assert _webhooks(metrics_port) == 0  # none reached it: Ready came from a poll
     finally:
         stack.kubectl("delete", "avatarsessions", "--all", "-n", ns, "--timeout=60s", check=False)
-        stack.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def _token(fake: FakeAPI, room: str) -> str | None:
